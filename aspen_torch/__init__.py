@@ -1,0 +1,18 @@
+"""aspen_torch: ASPEN for PyTorch. torch.compile(model, backend="aspen") runs the model as one graph of tiles."""
+import torch
+import torch._dynamo
+
+from . import _C  # noqa: F401  (the runtime extension; fails loudly if not built)
+from .backend import aspen_backend
+from .errors import AspenError, AspenInputError, AspenUnsupportedError
+from .explain import explain
+from .report import CompileReport
+from .runtime import runtime_stats, set_num_dses
+
+if "aspen" not in torch._dynamo.list_backends(exclude_tags=()):
+    torch._dynamo.register_backend(aspen_backend, name="aspen")
+
+__all__ = [
+    "aspen_backend", "explain", "runtime_stats", "set_num_dses", "CompileReport",
+    "AspenError", "AspenInputError", "AspenUnsupportedError",
+]

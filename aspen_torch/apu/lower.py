@@ -1,0 +1,213 @@
+"""Lowering: an aten partition (fx.GraphModule) -> TileGraph, one registered rule per node.
+
+Edges come from index ranges: a tile depends on every tile that wrote a box
+intersecting a box it reads. Buffers are written once (SSA), so read-after-write
+edges are the only ones needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.fx as fx
+
+from .policy import TilePolicy
+from .registry import RULES
+from .tile_graph import (
+    Box,
+    Buffer,
+    EpilogueStep,
+    PointwiseOp,
+    Region,
+    TensorRef,
+    Tile,
+    TileGraph,
+    boxes_intersect,
+    full_box,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInput:
+    """A partition input that changes per call; `meta` is its fake value."""
+
+    meta: torch.Tensor
+
+
+# A partition input is either a RuntimeInput or a frozen tensor (weights, BN statistics).
+PartitionInput = Union[RuntimeInput, torch.Tensor]
+Value = Union[TensorRef, torch.Tensor, tuple, Any]
+
+
+def node_meta(node: fx.Node) -> torch.Tensor:
+    return node.meta["val"]
+
+
+class LoweringContext:
+    def __init__(self, graph_module: fx.GraphModule, policy: TilePolicy) -> None:
+        self.graph_module = graph_module
+        self.policy = policy
+        self.tiles: list[Tile] = []
+        self.values: dict[fx.Node, Value] = {}
+        self._edges: set[tuple[int, int]] = set()
+        self._writers: dict[Buffer, list[tuple[int, Box]]] = {}
+        # Tiles whose outputs together are exactly a node's value, so a pointwise
+        # consumer can run as their epilogue instead of as tiles of its own.
+        self._fusible: dict[fx.Node, list[int]] = {}
+        self._outputs: set[fx.Node] = set()
+        # Keyed by id(); the tensor is kept in the value so the id stays unique.
+        self._constant_buffers: dict[int, tuple[torch.Tensor, Buffer]] = {}
+
+    # --- values -------------------------------------------------------------------------
+    def value(self, arg: Any) -> Value:
+        if isinstance(arg, fx.Node):
+            return self.values[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def constant(self, arg: Any) -> Optional[torch.Tensor]:
+        v = self.value(arg)
+        return v if isinstance(v, torch.Tensor) else None
+
+    def ref(self, arg: Any) -> TensorRef:
+        """The arg as a TensorRef; frozen tensors and Python scalars become constant buffers."""
+        v = self.value(arg)
+        if isinstance(v, TensorRef):
+            return v
+        if isinstance(v, (int, float, bool)):
+            v = torch.tensor(float(v), dtype=torch.float32)
+        if isinstance(v, torch.Tensor):
+            return TensorRef.of(self.constant_buffer(v))
+        raise TypeError(f"aspen: cannot use {type(v).__name__} as a tensor")
+
+    def constant_buffer(self, tensor: torch.Tensor, name: str = "const") -> Buffer:
+        key = id(tensor)
+        if key not in self._constant_buffers:
+            self._constant_buffers[key] = (tensor, Buffer(name, tuple(tensor.shape), tensor.dtype, constant=tensor))
+        return self._constant_buffers[key][1]
+
+    def new_buffer(self, node: fx.Node, shape: Optional[Sequence[int]] = None,
+                   channels_last: Optional[bool] = None) -> TensorRef:
+        meta = node_meta(node)
+        dtype = meta[0].dtype if isinstance(meta, (tuple, list)) else meta.dtype
+        shape = tuple(meta.shape if shape is None else shape)
+        # Activations of 4-d ops live channels-last (NHWC), the layout oneDNN convolves fastest.
+        buf = Buffer(node.name, shape, dtype, channels_last=len(shape) == 4 if channels_last is None else channels_last)
+        return TensorRef.of(buf)
+
+    # --- tiles and edges ----------------------------------------------------------------
+    def add_tile(self, tile: Tile, fusible_for: Optional[fx.Node] = None) -> int:
+        index = len(self.tiles)
+        self.tiles.append(tile)
+        for region in tile.inputs:
+            if region is not None:
+                self._depend(index, region)
+        written = tile.out.ref.buffer_box(tile.out.box)
+        self._writers.setdefault(tile.out.ref.buffer, []).append((index, written))
+        if fusible_for is not None:
+            self._fusible.setdefault(fusible_for, []).append(index)
+        return index
+
+    def _depend(self, index: int, region: Region) -> None:
+        read = region.ref.buffer_box(region.box)
+        for writer, written in self._writers.get(region.ref.buffer, ()):
+            if writer != index and boxes_intersect(read, written):
+                self._edges.add((writer, index))
+
+    def expand_to(self, ref: TensorRef, shape: Sequence[int]) -> TensorRef:
+        shape = tuple(shape)
+        return ref if ref.shape == shape else ref.then("expand", shape, shape)
+
+    def try_fuse_pointwise(
+        self, node: fx.Node, primary: Any, op: PointwiseOp, operand: Any = None, a: float = 0.0, b: float = 0.0
+    ) -> bool:
+        """Runs `node` as an epilogue of the tiles producing `primary`, if that is safe.
+
+        Safe when those tiles write exactly `primary`'s value, nobody else reads
+        that value (the epilogue overwrites it in place), and the result has its shape.
+        """
+        if not isinstance(primary, fx.Node) or primary not in self._fusible:
+            return False
+        if len(primary.users) != 1 or primary in self._outputs:
+            return False
+        ref = self.values[primary]
+        if not isinstance(ref, TensorRef) or ref.steps or tuple(node_meta(node).shape) != ref.shape:
+            return False
+        self.absorb(primary, node, ref)
+        self.append_epilogue(node, op, operand, a, b)
+        return True
+
+    def append_epilogue(self, node: fx.Node, op: PointwiseOp, operand: Any = None, a: float = 0.0,
+                        b: float = 0.0) -> None:
+        """Applies op(value, operand) in place at the end of every tile that writes `node`'s value."""
+        ref = self.values[node]
+        operand_ref = self.expand_to(self.ref(operand), ref.shape) if operand is not None else None
+        for index in self._fusible[node]:
+            tile = self.tiles[index]
+            operand_index = None
+            if operand_ref is not None:
+                region = Region(operand_ref, tile.out.box)
+                tile.inputs.append(region)
+                operand_index = len(tile.inputs)
+                self._depend(index, region)
+            tile.epilogue.append(EpilogueStep(op, operand_index, a, b))
+
+    def absorb(self, producer: fx.Node, consumer: fx.Node, value: Value) -> None:
+        """Records that the tiles of `producer` also compute `consumer` (an epilogue, a folded batch norm)."""
+        self.values[consumer] = value
+        if producer in self._fusible:
+            self._fusible[consumer] = self._fusible.pop(producer)
+
+    # --- driver -------------------------------------------------------------------------
+    def run(self, inputs: Sequence[PartitionInput]) -> TileGraph:
+        graph = self.graph_module.graph
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(inputs):
+            raise AssertionError(f"aspen: partition has {len(placeholders)} inputs, got {len(inputs)}")
+        output_node = next(n for n in graph.nodes if n.op == "output")
+        outs = output_node.args[0]
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        self._outputs = {o for o in outs if isinstance(o, fx.Node)}
+
+        input_refs, input_meta = [], []
+        for node, inp in zip(placeholders, inputs):
+            if isinstance(inp, RuntimeInput):
+                meta = inp.meta
+                buf = Buffer(node.name, tuple(meta.shape), meta.dtype, channels_last=meta.dim() == 4,
+                             graph_input=len(input_refs))
+                self.values[node] = TensorRef.of(buf)
+                input_refs.append(self.values[node])
+                input_meta.append(meta)
+            else:
+                self.values[node] = inp
+
+        for node in graph.nodes:
+            if node.op != "call_function" or node in self.values:  # absorbed by an earlier rule
+                continue
+            if self._all_inputs_constant(node):
+                self.values[node] = self._evaluate(node)
+            elif node.target is operator.getitem:
+                self.absorb(node.args[0], node, self.value(node.args[0])[node.args[1]])
+            else:
+                self.values[node] = RULES.rule(node.target).lower(node, self)
+
+        output_refs = [self.ref(o) for o in outs]
+        output_meta = [node_meta(o) for o in outs]
+        return TileGraph(self.tiles, sorted(self._edges), input_refs, output_refs, output_meta, input_meta)
+
+    def _all_inputs_constant(self, node: fx.Node) -> bool:
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(isinstance(self.values[n], torch.Tensor) for n in inputs)
+
+    def _evaluate(self, node: fx.Node) -> Any:
+        """Constant folding: an op whose inputs are all frozen runs once, at compile time."""
+        args, kwargs = self.value(node.args), self.value(node.kwargs)
+        with torch.no_grad():
+            return node.target(*args, **kwargs)
+
+
+def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy) -> TileGraph:
+    return LoweringContext(graph_module, policy).run(inputs)

@@ -1,0 +1,93 @@
+"""The one registry of APU lowering rules, keyed by aten op overload.
+
+The partitioner's allow-list, the decomposition table and the lowering all
+read this registry, so a rule added here is everything needed to tile an op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+import torch.fx as fx
+
+if TYPE_CHECKING:
+    from .lower import LoweringContext
+
+SUPPORTED_DTYPES = (torch.float32,)
+
+LowerFn = Callable[[fx.Node, "LoweringContext"], object]
+# A check sees the node and which nodes are frozen (known at compile time).
+CheckFn = Callable[[fx.Node, Callable[[fx.Node], bool]], Optional[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    target: object
+    lower: LowerFn
+    check: Optional[CheckFn]
+
+
+def _tensor_values(node: fx.Node) -> list:
+    """The node's tensor inputs and the outputs that something uses (not, e.g., unused pooling indices)."""
+    vals = [n.meta.get("val") for n in node.all_input_nodes]
+    out = node.meta.get("val")
+    if isinstance(out, (tuple, list)):
+        used = {u.args[1] for u in node.users if u.target is operator.getitem}
+        vals += [v for i, v in enumerate(out) if i in used]
+    else:
+        vals.append(out)
+    return [v for v in vals if isinstance(v, torch.Tensor)]
+
+
+class RuleRegistry:
+    def __init__(self) -> None:
+        self._rules: dict[object, Rule] = {}
+
+    def register(self, *targets: object, check: Optional[CheckFn] = None) -> Callable[[LowerFn], LowerFn]:
+        def wrap(fn: LowerFn) -> LowerFn:
+            for target in targets:
+                if target in self._rules:
+                    raise ValueError(f"aspen: two APU rules for {target}")
+                self._rules[target] = Rule(target, fn, check)
+            return fn
+
+        return wrap
+
+    def rule(self, target: object) -> Rule:
+        return self._rules[target]
+
+    def tiled_ops(self) -> frozenset:
+        return frozenset(t for t in self._rules if isinstance(t, torch._ops.OpOverload))
+
+    def unsupported_reason(self, node: fx.Node, is_frozen: Callable[[fx.Node], bool]) -> Optional[str]:
+        """None when aspen can tile `node`, else why not, in words."""
+        if node.op != "call_function":
+            return None
+        if node.all_input_nodes and all(is_frozen(n) for n in node.all_input_nodes):
+            return None  # folded to a constant at compile time
+        if node.target is operator.getitem:
+            src = node.args[0]
+            return None if isinstance(src, fx.Node) and self.unsupported_reason(src, is_frozen) is None \
+                else "getitem of an op aspen does not run"
+        rule = self._rules.get(node.target)
+        if rule is None:
+            return "no APU rule for this op"
+        for v in _tensor_values(node):
+            if v.dtype not in SUPPORTED_DTYPES:
+                return f"dtype {v.dtype} (aspen tiles {', '.join(map(str, SUPPORTED_DTYPES))})"
+            if v.device.type != "cpu":
+                return f"device {v.device} (aspen runs on the CPU)"
+            if any(not isinstance(s, int) for s in v.shape):
+                return "symbolic shape"
+        return rule.check(node, is_frozen) if rule.check else None
+
+
+RULES = RuleRegistry()
+
+
+def op_name(target: object) -> str:
+    if target is operator.getitem:
+        return "getitem"
+    return str(target)

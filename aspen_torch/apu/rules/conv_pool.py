@@ -1,0 +1,156 @@
+"""Convolution and pooling: output row bands (or batch chunks) whose input rows follow from the receptive field."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext, node_meta
+from ..policy import split_dims
+from ..registry import RULES
+from ..tile_graph import Region, TensorRef, Tile, TileKind
+from ..window import Window, output_bands, pair
+from .norm import absorb_batch_norm
+
+aten = torch.ops.aten
+
+
+def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_shape, kernel, stride, padding,
+                  dilation, flops: float, split_rows: bool, extra_inputs, ints_of):
+    """Shared tiling of 2-d window ops. `ints_of(pad_top, pad_bottom)` gives a tile's int args."""
+    xref = ctx.ref(x)
+    n, _, h, _ = xref.shape
+    out = ctx.new_buffer(node, out_shape)
+    _, oc, oh, ow = out.shape
+    rows = Window(kernel[0], stride[0], padding[0], dilation[0])
+    tiles = ctx.policy.num_tiles(flops, n * oh)
+    per_tile_flops = flops / max(1, tiles)
+    for n0, n1, o0, o1 in output_bands(n, oh, tiles, split_rows):
+        i0, i1, top, bottom = rows.input_rows(o0, o1, h)
+        in_box = ((n0, n1), (0, xref.shape[1]), (i0, i1), (0, xref.shape[3]))
+        out_box = ((n0, n1), (0, oc), (o0, o1), (0, ow))
+        tile = Tile(kind, Region(out, out_box), [Region(xref, in_box), *extra_inputs], ints_of(top, bottom), [],
+                    str(node.target), node.name, per_tile_flops)
+        ctx.add_tile(tile, fusible_for=node)
+    return out
+
+
+def _check_conv(node: fx.Node, is_frozen):
+    x, w, b = node.args[0], node.args[1], node.args[2]
+    if not is_frozen(w) or (b is not None and not is_frozen(b)):
+        return "convolution weight or bias is not a frozen parameter (aspen prepacks weights)"
+    if node.args[6]:
+        return "transposed convolution"
+    if node_meta(x).dim() != 4:
+        return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 2-d)"
+    return None
+
+
+@RULES.register(aten.convolution.default, check=_check_conv)
+def lower_convolution(node: fx.Node, ctx: LoweringContext):
+    x, w, b, stride, padding, dilation, _, _, groups = node.args
+    weight, bias = ctx.constant(w), ctx.constant(b) if b is not None else None
+    if weight is None or (b is not None and bias is None):
+        raise NotImplementedError("aspen: convolution weights must be frozen parameters")
+    weight, bias, batch_norm = absorb_batch_norm(node, ctx, weight, bias)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    xref = ctx.ref(x)
+    n, c, h, wd = xref.shape
+    oc, _, kh, kw = weight.shape
+    _, _, oh, ow = node_meta(node).shape
+    flops = 2.0 * n * oc * oh * ow * (c // groups) * kh * kw
+    # Prepack once, as inductor's freezing does: the blocked layout oneDNN wants,
+    # so no tile reorders the weight. The layout depends on channels, not rows.
+    packed = torch.ops.mkldnn._reorder_convolution_weight(
+        weight.contiguous(), [padding[0], padding[1]], list(stride), list(dilation), groups, [1, c, h, wd])
+    weight_ref = TensorRef.of(ctx.constant_buffer(packed, f"{node.name}_weight"))
+    extra = [Region(weight_ref, ((0, oc), (0, weight.shape[1]), (0, kh), (0, kw)))]
+    extra.append(Region(TensorRef.of(ctx.constant_buffer(bias.contiguous())), ((0, oc),)) if bias is not None else None)
+    out = _window_tiles(
+        node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding, dilation, flops, True, extra,
+        lambda top, bottom: (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups))
+    if batch_norm is not None:
+        ctx.absorb(node, batch_norm, (out, None, None))
+    return out
+
+
+def _check_max_pool(node: fx.Node, is_frozen):
+    if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+        return "uses the pooling indices"
+    return None
+
+
+@RULES.register(aten.max_pool2d_with_indices.default, check=_check_max_pool)
+def lower_max_pool2d(node: fx.Node, ctx: LoweringContext):
+    args = list(node.args) + [None] * (6 - len(node.args))
+    x, kernel, stride, padding, dilation, ceil_mode = args
+    kernel = pair(kernel)
+    stride = pair(stride) if stride else kernel
+    padding, dilation = pair(padding or 0), pair(dilation or 1)
+    oshape = node_meta(node)[0].shape
+    flops = float(oshape.numel() * kernel[0] * kernel[1])
+    out = _window_tiles(
+        node, ctx, TileKind.MAX_POOL2D, x, oshape, kernel, stride, padding, dilation, flops, not ceil_mode, [],
+        lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], *dilation, int(bool(ceil_mode))))
+    return (out, None)
+
+
+def _check_avg_pool(node: fx.Node, is_frozen):
+    return None if node_meta(node.args[0]).dim() == 4 else "avg_pool2d of a 3-d input"
+
+
+@RULES.register(aten.avg_pool2d.default, check=_check_avg_pool)
+def lower_avg_pool2d(node: fx.Node, ctx: LoweringContext):
+    args = list(node.args) + [None] * (7 - len(node.args))
+    x, kernel, stride, padding, ceil_mode, count_include_pad, divisor = args
+    kernel = pair(kernel)
+    stride = pair(stride) if stride else kernel
+    padding = pair(padding or 0)
+    count_include_pad = True if count_include_pad is None else bool(count_include_pad)
+    # Explicit zero rows only equal the op's own padding when padding counts in the divisor.
+    split_rows = not ceil_mode and (count_include_pad or padding[0] == 0)
+    flops = float(node_meta(node).numel() * kernel[0] * kernel[1])
+    return _window_tiles(
+        node, ctx, TileKind.AVG_POOL2D, x, node_meta(node).shape, kernel, stride, padding, (1, 1), flops, split_rows, [],
+        lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], int(bool(ceil_mode)),
+                             int(count_include_pad), int(divisor or 0)))
+
+
+def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim: bool):
+    xref = ctx.ref(x)
+    rank = len(xref.shape)
+    dims = sorted(d % rank for d in dims)
+    kept = [d for d in range(rank) if d not in dims]
+    out = ctx.new_buffer(node)
+    flops = float(node_meta(x).numel())
+    parts = ctx.policy.num_tiles(flops, max(1, node_meta(node).numel()))
+    for in_box in split_dims(xref.shape, tuple(kept), parts):
+        in_box = tuple((0, xref.shape[d]) if d in dims else in_box[d] for d in range(rank))
+        out_box = tuple((0, 1) if d in dims else in_box[d] for d in range(rank)) if keepdim else \
+            tuple(in_box[d] for d in kept)
+        tile = Tile(TileKind.MEAN, Region(out, out_box), [Region(xref, in_box)], tuple(dims), [],
+                    str(node.target), node.name, flops / parts)
+        ctx.add_tile(tile, fusible_for=node)
+    return out
+
+
+def _check_mean(node: fx.Node, is_frozen):
+    if node.kwargs.get("dtype") is not None:
+        return "mean with dtype="
+    return None if node.args[1] else "mean over all dims (no dim list)"
+
+
+@RULES.register(aten.mean.dim, check=_check_mean)
+def lower_mean(node: fx.Node, ctx: LoweringContext):
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return _lower_mean(node, ctx, node.args[0], list(node.args[1]), bool(keepdim))
+
+
+def _check_adaptive_avg_pool(node: fx.Node, is_frozen):
+    return None if tuple(node.args[1]) in ((1, 1), (1,)) else "adaptive_avg_pool2d to a size other than 1x1"
+
+
+@RULES.register(aten._adaptive_avg_pool2d.default, check=_check_adaptive_avg_pool)
+def lower_adaptive_avg_pool2d(node: fx.Node, ctx: LoweringContext):
+    return _lower_mean(node, ctx, node.args[0], [-1, -2], True)

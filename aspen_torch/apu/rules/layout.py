@@ -1,0 +1,107 @@
+"""Layout ops: zero-copy views of the producer's buffer where a view exists, copy tiles where not."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext, node_meta
+from ..policy import split_range
+from ..registry import RULES
+from ..tile_graph import Region, TensorRef, Tile, TileKind, apply_view_steps, full_box
+
+aten = torch.ops.aten
+
+
+def _meta_tensor(ref: TensorRef) -> torch.Tensor:
+    """A meta tensor with the strides the planner will give `ref`, to test views at compile time."""
+    buf = ref.buffer
+    if buf.constant is not None:
+        t = torch.empty_strided(buf.shape, buf.constant.stride(), dtype=buf.dtype, device="meta")
+    else:
+        fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
+        t = torch.empty(buf.shape, dtype=buf.dtype, device="meta", memory_format=fmt)
+    return apply_view_steps(t, ref.steps)
+
+
+def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int]) -> TensorRef:
+    ref = ctx.ref(source)
+    shape = tuple(node_meta(node).shape)
+    try:
+        _meta_tensor(ref).view(shape)
+        return ref.then("view", shape, shape)
+    except RuntimeError:
+        pass
+    # No view exists (e.g. flattening a channels-last buffer): one copy tile into a
+    # contiguous buffer, written through a view of it in the source's shape.
+    out = ctx.new_buffer(node, channels_last=False)
+    target = out.then("view", ref.shape, ref.shape)
+    tile = Tile(TileKind.COPY, Region(target, full_box(ref.shape)), [Region(ref, full_box(ref.shape))], (), [],
+                str(node.target), node.name, float(node_meta(node).numel()))
+    ctx.add_tile(tile)
+    return out
+
+
+@RULES.register(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+def lower_view(node, ctx):
+    return reshape_ref(node, ctx, node.args[0], node.args[1])
+
+
+@RULES.register(aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
+def lower_squeeze(node, ctx):
+    return reshape_ref(node, ctx, node.args[0], node_meta(node).shape)
+
+
+@RULES.register(aten.permute.default)
+def lower_permute(node, ctx):
+    ref = ctx.ref(node.args[0])
+    dims = tuple(d % len(ref.shape) for d in node.args[1])
+    return ref.then("permute", dims, node_meta(node).shape)
+
+
+@RULES.register(aten.t.default)
+def lower_t(node, ctx):
+    ref = ctx.ref(node.args[0])
+    return ref if len(ref.shape) < 2 else ref.then("permute", (1, 0), node_meta(node).shape)
+
+
+@RULES.register(aten.expand.default)
+def lower_expand(node, ctx):
+    return ctx.expand_to(ctx.ref(node.args[0]), node_meta(node).shape)
+
+
+def _check_same_value(node: fx.Node, is_frozen):
+    dtype = node.kwargs.get("dtype")
+    if dtype is not None and dtype != node_meta(node.args[0]).dtype:
+        return "dtype conversion"
+    return None
+
+
+@RULES.register(aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default,
+                check=_check_same_value)
+def lower_same_value(node, ctx):
+    # Buffers are written once and never mutated, so a copy can share the source.
+    return ctx.ref(node.args[0])
+
+
+@RULES.register(aten.cat.default)
+def lower_cat(node: fx.Node, ctx: LoweringContext):
+    out = ctx.new_buffer(node)
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(out.shape)
+    offset = 0
+    for src in node.args[0]:
+        ref = ctx.ref(src)
+        if 0 in ref.shape:
+            continue
+        size = ref.shape[dim]
+        # A copy tile per input, split along the batch so large inputs use every DSE.
+        parts = ctx.policy.num_tiles(float(torch.Size(ref.shape).numel()), ref.shape[0]) if dim != 0 else 1
+        for b0, b1 in split_range(ref.shape[0], parts):
+            src_box = ((b0, b1),) + full_box(ref.shape)[1:] if dim != 0 else full_box(ref.shape)
+            dst_box = tuple((offset, offset + size) if d == dim else src_box[d] for d in range(len(out.shape)))
+            tile = Tile(TileKind.COPY, Region(out, dst_box), [Region(ref, src_box)], (), [], str(node.target),
+                        node.name, float(torch.Size(ref.shape).numel() / parts))
+            ctx.add_tile(tile, fusible_for=node)
+        offset += size
+    return out

@@ -1,0 +1,54 @@
+"""Matrix products: [row block x column block] output tiles reading their full K."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext, node_meta
+from ..policy import split_range
+from ..registry import RULES
+from ..tile_graph import Region, Tile, TileKind
+
+aten = torch.ops.aten
+
+# Column blocks narrower than this lose GEMM efficiency for little parallelism.
+MIN_COLUMNS_PER_TILE = 64
+
+
+def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
+    xref, wref = ctx.ref(x), ctx.ref(w)
+    bref = ctx.expand_to(ctx.ref(bias), (node_meta(node).shape[1],)) if bias is not None else None
+    out = ctx.new_buffer(node)
+    m, n = out.shape
+    k = xref.shape[1]
+    flops = 2.0 * m * n * k
+    tiles = ctx.policy.num_tiles(flops, m * max(1, n // MIN_COLUMNS_PER_TILE))
+    row_parts = min(tiles, m)
+    col_parts = max(1, min(-(-tiles // row_parts), n // MIN_COLUMNS_PER_TILE))
+    for r0, r1 in split_range(m, row_parts):
+        for c0, c1 in split_range(n, col_parts):
+            inputs = [Region(xref, ((r0, r1), (0, k))), Region(wref, ((0, k), (c0, c1))),
+                      Region(bref, ((c0, c1),)) if bref is not None else None]
+            tile = Tile(TileKind.LINEAR, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target),
+                        node.name, flops * (r1 - r0) * (c1 - c0) / (m * n))
+            ctx.add_tile(tile, fusible_for=node)
+    return out
+
+
+def _check_addmm(node: fx.Node, is_frozen):
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return "addmm with alpha or beta other than 1"
+    if node_meta(node.args[0]).dim() > 1:
+        return "addmm with a 2-d bias"
+    return None
+
+
+@RULES.register(aten.addmm.default, check=_check_addmm)
+def lower_addmm(node: fx.Node, ctx: LoweringContext):
+    bias, x, w = node.args[:3]
+    return _lower_matmul(node, ctx, x, w, bias)
+
+
+@RULES.register(aten.mm.default)
+def lower_mm(node: fx.Node, ctx: LoweringContext):
+    return _lower_matmul(node, ctx, node.args[0], node.args[1])

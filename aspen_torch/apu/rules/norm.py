@@ -1,0 +1,73 @@
+"""Batch norm in eval: folded into the preceding convolution's weights, or a per-channel affine of its own."""
+from __future__ import annotations
+
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext
+from ..registry import RULES
+from ..tile_graph import PointwiseOp
+from .elementwise import lower_pointwise
+
+aten = torch.ops.aten
+BATCH_NORM = aten._native_batch_norm_legit_no_training.default
+
+
+def batch_norm_affine(ctx: LoweringContext, node: fx.Node) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(scale, shift) per channel such that bn(x) = x * scale + shift, or None if not all frozen."""
+    _, gamma, beta, mean, var, _, eps = node.args
+    mean, var = ctx.constant(mean), ctx.constant(var)
+    gamma_t = ctx.constant(gamma) if gamma is not None else None
+    beta_t = ctx.constant(beta) if beta is not None else None
+    if mean is None or var is None or (gamma is not None and gamma_t is None) or (beta is not None and beta_t is None):
+        return None
+    scale = torch.rsqrt(var.double() + eps)
+    if gamma_t is not None:
+        scale = scale * gamma_t.double()
+    shift = -mean.double() * scale
+    if beta_t is not None:
+        shift = shift + beta_t.double()
+    return scale, shift
+
+
+def absorb_batch_norm(conv: fx.Node, ctx: LoweringContext, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """Folds conv's sole consumer, if an eval batch norm with frozen statistics, into its weight and bias.
+
+    Returns (weight, bias, the batch norm node or None). Folding in float64 keeps
+    the folded conv within float32 rounding of conv followed by batch norm.
+    """
+    users = list(conv.users)
+    if len(users) != 1 or users[0].target is not BATCH_NORM or users[0].args[0] is not conv:
+        return weight, bias, None
+    affine = batch_norm_affine(ctx, users[0])
+    if affine is None:
+        return weight, bias, None
+    scale, shift = affine
+    folded_weight = (weight.double() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
+    folded_bias = (shift if bias is None else bias.double() * scale + shift).to(weight.dtype)
+    return folded_weight, folded_bias, users[0]
+
+
+def _check_batch_norm(node: fx.Node, is_frozen):
+    if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+        return "uses the batch statistics outputs"
+    if not all(is_frozen(a) for a in node.args[1:5] if isinstance(a, fx.Node)):
+        return "batch norm parameters are not frozen"
+    if node.meta["val"][0].dim() < 2:
+        return "batch norm of a 1-d input"
+    return None
+
+
+@RULES.register(BATCH_NORM, check=_check_batch_norm)
+def lower_batch_norm(node: fx.Node, ctx: LoweringContext):
+    scale, shift = batch_norm_affine(ctx, node)
+    rank = node.meta["val"][0].dim()
+    channel_shape = (-1,) + (1,) * (rank - 2)
+    scale = scale.float().reshape(channel_shape)
+    shift = shift.float().reshape(channel_shape)
+    out = lower_pointwise(node, ctx, PointwiseOp.MUL, node.args[0], scale)
+    ctx.append_epilogue(node, PointwiseOp.ADD, shift, a=1.0)
+    return (out, None, None)

@@ -1,0 +1,88 @@
+"""The torch.compile backend: orchestrates capture -> partition -> APU lowering -> plan -> execution."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from .apu import TilePolicy, lower_partition
+from .capture import CapturedGraph, capture
+from .errors import AspenUnsupportedError
+from .execute import CompiledPartition
+from .options import AspenOptions
+from .partition import partition
+from .plan import plan
+from .report import CompileReport
+from .runtime import SHARED_RUNTIME
+
+log = logging.getLogger("aspen_torch")
+
+
+def compile_captured(captured: CapturedGraph, options: AspenOptions, report: CompileReport) -> Callable:
+    runtime = SHARED_RUNTIME.get(options.num_dses)
+    policy = TilePolicy(runtime.num_dses, options.tiles_per_dse, options.min_tile_flops)
+    partitioned = partition(captured, options.strict)
+    report.num_graphs += 1
+    report.fallback_ops.update(partitioned.fallback_ops)
+    for part in partitioned.partitions:
+        # AOTAutograd calls us under fake mode; folding and prepacking need real tensors.
+        with unset_fake_temporarily(), torch.no_grad():
+            tile_graph = lower_partition(part.graph_module, part.inputs, policy)
+            compiled_plan = plan(tile_graph)
+        outputs = next(n for n in part.graph_module.graph.nodes if n.op == "output").args[0]
+        compiled = CompiledPartition(part.name, compiled_plan, tile_graph.input_meta, tile_graph.output_meta,
+                                     single_output=not isinstance(outputs, (tuple, list)))
+        setattr(partitioned.graph_module, part.name, compiled)
+        report.num_partitions += 1
+        report.num_tiles += len(tile_graph.tiles)
+        report.num_edges += len(tile_graph.edges)
+        report.tiles_per_op.update(tile_graph.tiles_per_op())
+        report.activation_bytes += compiled_plan.activation_bytes
+    partitioned.graph_module.recompile()
+    return partitioned.graph_module
+
+
+def _has_symbolic_shapes(example_inputs: Sequence[Any]) -> bool:
+    return any(isinstance(x, torch.SymInt) or (isinstance(x, torch.Tensor) and any(
+        isinstance(s, torch.SymInt) for s in x.shape)) for x in example_inputs)
+
+
+class _PerShapeCompiler:
+    """Dynamo sent a graph with symbolic sizes; aspen plans static tiles, so it
+    compiles once per concrete input signature seen at call time."""
+
+    def __init__(self, graph_module: fx.GraphModule, options: AspenOptions, report: CompileReport) -> None:
+        self._graph_module = graph_module
+        self._options = options
+        self._report = report
+        self._compiled: dict[tuple, Callable] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = capture(self._graph_module, args,
+                         lambda captured: compile_captured(captured, self._options, self._report))
+            self._compiled[key] = fn
+        return fn(*args)
+
+
+def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
+                  options: Optional[Mapping[str, Any]] = None, *, report: Optional[CompileReport] = None) -> Callable:
+    """torch.compile(model, backend="aspen", options={"num_dses": ..., "strict": ...})."""
+    opts = AspenOptions.from_dict(options)
+    report = report if report is not None else CompileReport()
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
+        reason = "inputs require grad with grad mode on (training); aspen compiles inference only: " \
+                 "call the model under torch.no_grad() or torch.inference_mode()"
+        if opts.strict:
+            raise AspenUnsupportedError([("autograd", reason, "")])
+        log.warning("aspen: graph runs in eager: %s", reason)
+        report.fallback_ops["<whole graph: autograd>"] += 1
+        return graph_module.forward
+    if _has_symbolic_shapes(example_inputs):
+        return _PerShapeCompiler(graph_module, opts, report)
+    return capture(graph_module, example_inputs, lambda captured: compile_captured(captured, opts, report))

@@ -1,0 +1,38 @@
+"""The `options=` dict of torch.compile(backend="aspen"), validated into a typed object."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import torch
+
+
+def default_num_dses() -> int:
+    """As many DSEs as ATen would use intra-op threads."""
+    return max(1, torch.get_num_threads())
+
+
+@dataclasses.dataclass(frozen=True)
+class AspenOptions:
+    # None: keep the shared runtime's size (default_num_dses() when it is created).
+    num_dses: Optional[int] = None
+    strict: bool = False
+    # Smallest work (FLOPs) worth a tile of its own; see apu/policy.py.
+    min_tile_flops: float = 4e6
+    tiles_per_dse: int = 4
+
+    @staticmethod
+    def from_dict(options: Optional[Mapping[str, Any]]) -> "AspenOptions":
+        options = dict(options or {})
+        known = {f.name for f in dataclasses.fields(AspenOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"aspen: unknown option(s) {unknown}; known options are {sorted(known)}")
+        parsed = AspenOptions(**options)
+        if parsed.num_dses is not None and (not isinstance(parsed.num_dses, int) or parsed.num_dses < 1):
+            raise ValueError(f"aspen: num_dses must be an int >= 1, got {parsed.num_dses!r}")
+        if not isinstance(parsed.strict, bool):
+            raise ValueError(f"aspen: strict must be a bool, got {parsed.strict!r}")
+        if parsed.tiles_per_dse < 1 or parsed.min_tile_flops <= 0:
+            raise ValueError("aspen: tiles_per_dse must be >= 1 and min_tile_flops > 0")
+        return parsed

@@ -1,0 +1,92 @@
+"""Partitioning: the aten graph -> an outer graph whose aspen-capable regions are fused submodules.
+
+Unsupported ops stay in the outer graph and run in eager on the calling thread.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+from torch.fx.passes.operator_support import OperatorSupportBase
+
+from .apu.lower import PartitionInput, RuntimeInput
+from .apu.registry import RULES, op_name
+from .capture import CapturedGraph
+from .errors import AspenUnsupportedError
+
+log = logging.getLogger("aspen_torch")
+
+
+@dataclasses.dataclass
+class Partition:
+    name: str  # attribute of the outer graph module holding the fused submodule
+    graph_module: fx.GraphModule
+    inputs: list[PartitionInput]
+
+
+@dataclasses.dataclass
+class PartitionedGraph:
+    graph_module: fx.GraphModule
+    partitions: list[Partition]
+    fallback_ops: dict[str, int]
+
+
+def _frozen_nodes(graph_module: fx.GraphModule, frozen: dict[int, torch.Tensor]) -> set[fx.Node]:
+    """Frozen placeholders and every node computed from them alone."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    result = {placeholders[i] for i in frozen}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.all_input_nodes and all(n in result for n in node.all_input_nodes):
+            result.add(node)
+    return result
+
+
+def where(node: fx.Node) -> str:
+    """The user's source line that produced `node`, from dynamo's stack trace."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    return lines[-1] if lines else ""
+
+
+class _RegistrySupport(OperatorSupportBase):
+    def __init__(self, reasons: dict[fx.Node, Optional[str]]) -> None:
+        self._reasons = reasons
+
+    def is_node_supported(self, submodules, node: fx.Node) -> bool:
+        return node.op == "call_function" and self._reasons.get(node) is None
+
+
+def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:
+    gm = captured.graph_module
+    frozen_nodes = _frozen_nodes(gm, captured.frozen)
+    reasons = {n: RULES.unsupported_reason(n, frozen_nodes.__contains__)
+               for n in gm.graph.nodes if n.op == "call_function"}
+    unsupported = [(n, r) for n, r in reasons.items() if r is not None]
+    if strict and unsupported:
+        raise AspenUnsupportedError([(op_name(n.target), r, where(n)) for n, r in unsupported])
+    for n, r in unsupported:
+        log.warning("aspen: %s (%s) runs in eager: %s", op_name(n.target), n.name, r)
+    fallback_ops = dict(collections.Counter(op_name(n.target) for n, _ in unsupported))
+
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    # Fusing copies the graph's nodes, so frozen placeholders are found again by name.
+    frozen_by_name = {placeholders[i].name: t for i, t in captured.frozen.items()}
+    partitioner = CapabilityBasedPartitioner(gm, _RegistrySupport(reasons), allows_single_node_partition=True)
+    fused = partitioner.fuse_partitions(partitioner.propose_partitions())
+
+    partitions = []
+    for node in list(fused.graph.nodes):
+        if node.op != "call_module":
+            continue
+        frozen = [a.op == "placeholder" and a.name in frozen_by_name for a in node.args]
+        inputs = [frozen_by_name[a.name] if f else RuntimeInput(a.meta["val"]) for a, f in zip(node.args, frozen)]
+        # Frozen inputs are baked into the plan; the call passes only what changes per call.
+        node.args = tuple(a for a, f in zip(node.args, frozen) if not f)
+        partitions.append(Partition(node.target, getattr(fused, node.target), inputs))
+    fused.graph.lint()
+    return PartitionedGraph(fused, partitions, fallback_ops)

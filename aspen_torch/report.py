@@ -1,0 +1,31 @@
+"""What a compile produced: tiles, edges, fallbacks. Filled by the backend, read by explain()."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+@dataclasses.dataclass
+class CompileReport:
+    fallback_ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    tiles_per_op: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    num_tiles: int = 0
+    num_edges: int = 0
+    num_partitions: int = 0
+    num_graphs: int = 0
+    activation_bytes: int = 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"aspen: {self.num_graphs} graph(s), {self.num_partitions} aspen partition(s), "
+            f"{self.num_tiles} tiles, {self.num_edges} edges, "
+            f"{self.activation_bytes / 2**20:.1f} MiB of activation buffers",
+            "tiles per op:",
+        ]
+        lines += [f"  {op:<48} {n:>6}" for op, n in sorted(self.tiles_per_op.items())]
+        if self.fallback_ops:
+            lines.append("ops run in eager (no aspen rule or unsupported form):")
+            lines += [f"  {op:<48} {n:>6}" for op, n in sorted(self.fallback_ops.items())]
+        else:
+            lines.append("no op fell back to eager")
+        return "\n".join(lines)

@@ -1,0 +1,51 @@
+// Pointwise ops, used both as standalone tiles and as epilogues fused into
+// the tile that produced their input (applied in place on the output view).
+#include "tile_spec.h"
+
+#include <ATen/ops/add.h>
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/clamp_min.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/rsub.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/tanh.h>
+
+namespace aspen {
+
+void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Tensor& in,
+                     const std::vector<at::Tensor>& tensors) {
+  at::Tensor& o = const_cast<at::Tensor&>(out);
+  const at::Tensor* operand = s.operand >= 0 ? &tensors[s.operand] : nullptr;
+  TORCH_INTERNAL_ASSERT(s.operand < static_cast<int32_t>(tensors.size()));
+  switch (s.op) {
+    case PointwiseOp::kAdd: at::add_out(o, in, *operand, s.a); return;
+    case PointwiseOp::kSub: at::sub_out(o, in, *operand, s.a); return;
+    case PointwiseOp::kRsub: at::sub_out(o, *operand, in, s.a); return;
+    case PointwiseOp::kMul: at::mul_out(o, in, *operand); return;
+    case PointwiseOp::kDiv: at::div_out(o, in, *operand); return;
+    case PointwiseOp::kRelu: at::clamp_min_out(o, in, 0); return;
+    case PointwiseOp::kClamp: at::clamp_out(o, in, s.a, s.b); return;
+    case PointwiseOp::kSilu: at::silu_out(o, in); return;
+    case PointwiseOp::kSigmoid: at::sigmoid_out(o, in); return;
+    case PointwiseOp::kHardswish: at::hardswish_out(o, in); return;
+    case PointwiseOp::kTanh: at::tanh_out(o, in); return;
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown pointwise op ", static_cast<int>(s.op));
+}
+
+void run_pointwise(const TileSpec& t) {
+  TORCH_INTERNAL_ASSERT(!t.epilogue.empty());
+  apply_pointwise(t.epilogue[0], t.tensors[0], t.tensors[1], t.tensors);
+  for (size_t i = 1; i < t.epilogue.size(); ++i)
+    apply_pointwise(t.epilogue[i], t.tensors[0], t.tensors[0], t.tensors);
+}
+
+void run_epilogue(const TileSpec& t) {
+  for (const PointwiseStep& s : t.epilogue) apply_pointwise(s, t.tensors[0], t.tensors[0], t.tensors);
+}
+
+}  // namespace aspen

@@ -1,0 +1,52 @@
+// One execution of a Program: its dependency counters, completion signal and
+// first error. Tiles in the ready pool point at their Request.
+#pragma once
+
+#include "program.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace aspen {
+
+class Request {
+ public:
+  explicit Request(std::shared_ptr<const Program> program);
+
+  const Program& program() const { return *program_; }
+
+  // Returns true when `child` became ready through this decrement.
+  bool release_dependency(int32_t child) {
+    // acq_rel: the decrement that reaches zero acquires every parent's
+    // release, so the child's kernel sees all the data its parents wrote.
+    return pending_deps_[child].fetch_sub(1, std::memory_order_acq_rel) == 1;
+  }
+
+  // Called once per tile, executed or skipped; returns true for the last tile.
+  bool finish_tile() { return tiles_left_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+
+  // After a failure the remaining tiles are drained without running kernels,
+  // so the request still completes and no queued tile outlives it.
+  void fail(const std::string& message);
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+
+  void mark_done();
+  // Blocks until every tile finished; throws the first tile error.
+  void wait();
+  bool done();
+
+ private:
+  std::shared_ptr<const Program> program_;
+  std::unique_ptr<std::atomic<int32_t>[]> pending_deps_;
+  std::atomic<int64_t> tiles_left_;
+  std::atomic<bool> failed_{false};
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::string error_;
+};
+
+}  // namespace aspen

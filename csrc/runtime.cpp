@@ -1,0 +1,126 @@
+#include "runtime.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
+namespace aspen {
+
+Runtime::Runtime(int num_dses) : pool_(kMaxDses), tiles_run_(new std::atomic<int64_t>[kMaxDses]) {
+  for (int i = 0; i < kMaxDses; ++i) tiles_run_[i].store(0);
+  set_num_dses(num_dses);
+}
+
+Runtime::~Runtime() { set_num_dses(0); }
+
+int Runtime::num_dses() const {
+  std::lock_guard<std::mutex> lock(resize_mu_);
+  return static_cast<int>(dses_.size());
+}
+
+void Runtime::set_num_dses(int num_dses) {
+  TORCH_CHECK(num_dses >= 0 && num_dses <= kMaxDses, "aspen: num_dses must be in [0, ", kMaxDses,
+              "], got ", num_dses);
+  std::lock_guard<std::mutex> lock(resize_mu_);
+  // at::set_num_threads(1) in a new DSE also stores 1 in ATen's process-wide
+  // thread count; the caller's value is put back once the DSEs have started.
+  const int caller_threads = at::get_num_threads();
+  const int before = static_cast<int>(dses_.size());
+  while (static_cast<int>(dses_.size()) < num_dses) {
+    auto dse = std::make_unique<Dse>();
+    const int index = static_cast<int>(dses_.size());
+    pool_.note_row_used(index);
+    std::atomic<bool> started{false};
+    Dse* raw = dse.get();
+    dse->thread = std::thread([this, index, raw, &started] {
+      at::set_num_threads(1);
+      started.store(true, std::memory_order_release);
+      dse_main(index, raw);
+    });
+    while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
+    dses_.push_back(std::move(dse));
+  }
+  if (static_cast<int>(dses_.size()) > before) at::set_num_threads(caller_threads);
+
+  while (static_cast<int>(dses_.size()) > num_dses) {
+    std::unique_ptr<Dse> dse = std::move(dses_.back());
+    dses_.pop_back();
+    dse->stop.store(true);
+    pool_.wake_all();
+    dse->thread.join();
+  }
+}
+
+std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program) {
+  auto request = std::make_shared<Request>(std::move(program));
+  const Program& p = request->program();
+  if (p.num_tiles() == 0) {
+    request->mark_done();
+    return request;
+  }
+  TORCH_CHECK(num_dses() > 0, "aspen: the runtime has no DSEs; call set_num_dses(n) with n >= 1");
+  // Roots are spread over the rows so every DSE starts with work of its own.
+  const int rows = std::max(1, num_dses());
+  for (int32_t root : p.roots()) {
+    const int row = static_cast<int>(next_root_row_.fetch_add(1, std::memory_order_relaxed) % rows);
+    pool_.push(row, ReadyTile{request.get(), root});
+  }
+  return request;
+}
+
+std::vector<int64_t> Runtime::tiles_per_dse() const {
+  const int n = num_dses();
+  std::vector<int64_t> counts(n);
+  for (int i = 0; i < n; ++i) counts[i] = tiles_run_[i].load(std::memory_order_relaxed);
+  return counts;
+}
+
+ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
+  Request* request = item.request;
+  const Program& program = request->program();
+  if (!request->failed()) {
+    const TileSpec& tile = program.tile(item.tile);
+    try {
+      run_tile(tile, index);
+      tiles_run_[index].fetch_add(1, std::memory_order_relaxed);
+    } catch (const c10::Error& e) {
+      request->fail("aspen: tile " + std::to_string(item.tile) + " (" + tile.label +
+                    ") failed: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      request->fail("aspen: tile " + std::to_string(item.tile) + " (" + tile.label +
+                    ") failed: " + e.what());
+    }
+  }
+  // Depth-first: keep one newly ready child for this DSE, publish the rest.
+  ReadyTile next{nullptr, -1};
+  for (const int32_t* c = program.children_begin(item.tile); c != program.children_end(item.tile); ++c) {
+    if (!request->release_dependency(*c)) continue;
+    if (next.request == nullptr) {
+      next = ReadyTile{request, *c};
+    } else {
+      pool_.push(index, ReadyTile{request, *c});
+    }
+  }
+  // Nothing touches `request` after its last tile finishes: the waiter may free it.
+  if (request->finish_tile()) request->mark_done();
+  return next;
+}
+
+void Runtime::dse_main(int index, Dse* self) {
+  c10::InferenceMode inference_mode;
+  ReadyTile item{nullptr, -1};
+  while (true) {
+    if (self->stop.load()) {
+      // A retiring DSE hands its continuation back so another DSE runs it.
+      if (item.request != nullptr) pool_.push(index, item);
+      return;
+    }
+    if (item.request == nullptr && !pool_.try_pop(index, &item)) {
+      pool_.wait_for_work(self->stop);
+      continue;
+    }
+    item = execute_and_release(index, item);
+  }
+}
+
+}  // namespace aspen

@@ -1,0 +1,52 @@
+// The Runtime owns the DSE threads and the ready pool. It knows nothing about
+// DNNs: it runs Requests of any Program, and DSEs can be added or removed
+// while requests are in flight.
+#pragma once
+
+#include "ready_pool.h"
+#include "request.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace aspen {
+
+class Runtime {
+ public:
+  static constexpr int kMaxDses = 256;
+
+  explicit Runtime(int num_dses);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Starts or retires DSEs; a retired DSE finishes its current tile and leaves.
+  void set_num_dses(int num_dses);
+  int num_dses() const;
+
+  // Queues the program's root tiles; the caller waits on the returned Request.
+  std::shared_ptr<Request> submit(std::shared_ptr<const Program> program);
+
+  std::vector<int64_t> tiles_per_dse() const;
+
+ private:
+  struct Dse {
+    std::thread thread;
+    std::atomic<bool> stop{false};
+  };
+
+  void dse_main(int index, Dse* self);
+  // Runs one tile and releases its children; returns a child to run next, or nullptr request.
+  ReadyTile execute_and_release(int index, ReadyTile item);
+
+  ReadyPool pool_;
+  std::unique_ptr<std::atomic<int64_t>[]> tiles_run_;
+  mutable std::mutex resize_mu_;
+  std::vector<std::unique_ptr<Dse>> dses_;
+  std::atomic<uint32_t> next_root_row_{0};
+};
+
+}  // namespace aspen

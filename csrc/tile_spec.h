@@ -1,0 +1,71 @@
+// A tile: one ATen kernel call on views of preallocated buffers, plus the
+// pointwise epilogue applied in place to its output while it is still hot.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace aspen {
+
+// Argument conventions per kind (tensors[0] is always the output view):
+//   kConv2d      tensors: out, input region, prepacked weight, bias (may be undefined)
+//                ints:    stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, groups
+//   kMaxPool2d   tensors: out, input region
+//                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, ceil_mode
+//   kAvgPool2d   tensors: out, input region
+//                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_bottom, pad_w, ceil_mode,
+//                         count_include_pad, divisor_override (0 = none)
+//   kMean        tensors: out, input region; ints: reduced dims (keepdim is implied by out's rank)
+//   kLinear      tensors: out [rows, cols], input [rows, k], weight_t [k, cols], bias [cols] (may be undefined)
+//   kPointwise   tensors: out, input, operands...; the op is epilogues[0] applied out of place
+//   kCopy        tensors: out, input
+//   kRecord      tensors: log (int64 [1 + 2 * capacity]); ints: tile id. Appends (id, dse) to the log.
+//   kThreadProbe tensors: out (int64 [2]): [threads seen by at::parallel_for, at::get_num_threads()]
+enum class TileKind : int32_t {
+  kConv2d = 0,
+  kMaxPool2d = 1,
+  kAvgPool2d = 2,
+  kMean = 3,
+  kLinear = 4,
+  kPointwise = 5,
+  kCopy = 6,
+  kRecord = 7,
+  kThreadProbe = 8,
+};
+
+enum class PointwiseOp : int32_t {
+  kAdd = 0,       // out = in + a * operand
+  kSub = 1,       // out = in - a * operand
+  kMul = 2,       // out = in * operand
+  kDiv = 3,       // out = in / operand
+  kRelu = 4,
+  kClamp = 5,     // clamp(in, a, b): relu6 and hardtanh
+  kSilu = 6,
+  kSigmoid = 7,
+  kHardswish = 8,
+  kTanh = 9,
+  kRsub = 10,     // out = operand - a * in
+};
+
+struct PointwiseStep {
+  PointwiseOp op;
+  int32_t operand;  // index into TileSpec::tensors, or -1
+  double a;
+  double b;
+};
+
+struct TileSpec {
+  TileKind kind;
+  std::vector<at::Tensor> tensors;
+  std::vector<int64_t> ints;
+  std::vector<PointwiseStep> epilogue;
+  std::string label;  // the aten op this tile computes, for errors and stats
+};
+
+// Runs one tile on the calling thread. Throws (c10::Error / std::exception) on failure.
+void run_tile(const TileSpec& tile, int dse_index);
+
+}  // namespace aspen
