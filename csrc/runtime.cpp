@@ -1,10 +1,26 @@
 #include "runtime.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/_softmax.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 
 namespace aspen {
+namespace {
+
+// Makes ATen (and oneDNN / MKL under it) run single-threaded on this DSE.
+// ATen re-reads its process-wide thread count the first time a thread enters
+// at::parallel_for, through a thread_local in an inline function: one copy
+// per shared library. Both copies (libtorch's and ours) are triggered first,
+// so neither later undoes the 1 set here.
+void pin_aten_to_one_thread() {
+  at::parallel_for(0, 1, 1, [](int64_t, int64_t) {});
+  at::_softmax(at::zeros({1, 1}), -1, false);  // softmax's kernel enters libtorch's at::parallel_for
+  at::set_num_threads(1);
+}
+
+}  // namespace
 
 Runtime::Runtime(int num_dses) : pool_(kMaxDses), tiles_run_(new std::atomic<int64_t>[kMaxDses]) {
   for (int i = 0; i < kMaxDses; ++i) tiles_run_[i].store(0);
@@ -33,7 +49,7 @@ void Runtime::set_num_dses(int num_dses) {
     std::atomic<bool> started{false};
     Dse* raw = dse.get();
     dse->thread = std::thread([this, index, raw, &started] {
-      at::set_num_threads(1);
+      pin_aten_to_one_thread();
       started.store(true, std::memory_order_release);
       dse_main(index, raw);
     });

@@ -42,7 +42,9 @@ Value = Union[TensorRef, torch.Tensor, tuple, Any]
 
 
 def node_meta(node: fx.Node) -> torch.Tensor:
-    return node.meta["val"]
+    """The fake value of a node's (first) output."""
+    val = node.meta["val"]
+    return val[0] if isinstance(val, (tuple, list)) else val
 
 
 class LoweringContext:
@@ -92,10 +94,9 @@ class LoweringContext:
     def new_buffer(self, node: fx.Node, shape: Optional[Sequence[int]] = None,
                    channels_last: Optional[bool] = None) -> TensorRef:
         meta = node_meta(node)
-        dtype = meta[0].dtype if isinstance(meta, (tuple, list)) else meta.dtype
         shape = tuple(meta.shape if shape is None else shape)
         # Activations of 4-d ops live channels-last (NHWC), the layout oneDNN convolves fastest.
-        buf = Buffer(node.name, shape, dtype, channels_last=len(shape) == 4 if channels_last is None else channels_last)
+        buf = Buffer(node.name, shape, meta.dtype, channels_last=len(shape) == 4 if channels_last is None else channels_last)
         return TensorRef.of(buf)
 
     # --- tiles and edges ----------------------------------------------------------------

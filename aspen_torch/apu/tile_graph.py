@@ -73,7 +73,8 @@ class Buffer:
 
 @dataclasses.dataclass(frozen=True)
 class ViewStep:
-    """A view applied to a buffer before boxing: ('view', shape), ('expand', shape) or ('permute', dims)."""
+    """A view applied to a buffer before boxing: ('view', shape), ('expand', shape),
+    ('permute', dims) or ('narrow', (dim, start, length))."""
 
     op: str
     arg: tuple[int, ...]
@@ -81,7 +82,7 @@ class ViewStep:
 
 def apply_view_steps(tensor: torch.Tensor, steps: Sequence[ViewStep]) -> torch.Tensor:
     for step in steps:
-        tensor = getattr(tensor, step.op)(step.arg)
+        tensor = tensor.narrow(*step.arg) if step.op == "narrow" else getattr(tensor, step.op)(step.arg)
     return tensor
 
 
@@ -110,6 +111,12 @@ class TensorRef:
             return tuple(
                 (0, 1) if size == 1 else box[offset + d] for d, size in enumerate(self.buffer.shape)
             )
+        if all(s.op == "narrow" for s in self.steps):
+            mapped = list(box)
+            for step in self.steps:
+                dim, start, _ = step.arg
+                mapped[dim] = (mapped[dim][0] + start, mapped[dim][1] + start)
+            return tuple(mapped)
         return full_box(self.buffer.shape)
 
 

@@ -1,6 +1,7 @@
 """Convolution and pooling: output row bands (or batch chunks) whose input rows follow from the receptive field."""
 from __future__ import annotations
 
+import contextlib
 import operator
 
 import torch
@@ -17,23 +18,41 @@ aten = torch.ops.aten
 
 
 def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_shape, kernel, stride, padding,
-                  dilation, flops: float, split_rows: bool, extra_inputs, ints_of):
-    """Shared tiling of 2-d window ops. `ints_of(pad_top, pad_bottom)` gives a tile's int args."""
+                  dilation, flops: float, split_rows: bool, extra_inputs_of, ints_of):
+    """Shared tiling of 2-d window ops.
+
+    extra_inputs_of(batch, rows, pad_h) gives a tile's inputs after the input
+    region, for the input shape its kernel will see; ints_of(pad_top, pad_bottom)
+    gives its int args.
+    """
     xref = ctx.ref(x)
-    n, _, h, _ = xref.shape
+    n, c, h, w = xref.shape
     out = ctx.new_buffer(node, out_shape)
     _, oc, oh, ow = out.shape
     rows = Window(kernel[0], stride[0], padding[0], dilation[0])
     tiles = ctx.policy.num_tiles(flops, n * oh)
-    per_tile_flops = flops / max(1, tiles)
-    for n0, n1, o0, o1 in output_bands(n, oh, tiles, split_rows):
+    bands = output_bands(n, oh, tiles, split_rows)
+    for n0, n1, o0, o1 in bands:
         i0, i1, top, bottom = rows.input_rows(o0, o1, h)
-        in_box = ((n0, n1), (0, xref.shape[1]), (i0, i1), (0, xref.shape[3]))
+        # The kernel passes equal pads as the op's padding and materialises unequal ones.
+        seen_rows, seen_pad = (i1 - i0, top) if top == bottom else (i1 - i0 + top + bottom, 0)
+        in_box = ((n0, n1), (0, c), (i0, i1), (0, w))
         out_box = ((n0, n1), (0, oc), (o0, o1), (0, ow))
-        tile = Tile(kind, Region(out, out_box), [Region(xref, in_box), *extra_inputs], ints_of(top, bottom), [],
-                    str(node.target), node.name, per_tile_flops)
+        tile = Tile(kind, Region(out, out_box), [Region(xref, in_box), *extra_inputs_of(n1 - n0, seen_rows, seen_pad)],
+                    ints_of(top, bottom), [], str(node.target), node.name, flops * (n1 - n0) * (o1 - o0) / (n * oh))
         ctx.add_tile(tile, fusible_for=node)
     return out
+
+
+@contextlib.contextmanager
+def one_aten_thread():
+    """oneDNN picks weight layouts by thread count too; DSEs run with one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_conv(node: fx.Node, is_frozen):
@@ -60,15 +79,26 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     oc, _, kh, kw = weight.shape
     _, _, oh, ow = node_meta(node).shape
     flops = 2.0 * n * oc * oh * ow * (c // groups) * kh * kw
-    # Prepack once, as inductor's freezing does: the blocked layout oneDNN wants,
-    # so no tile reorders the weight. The layout depends on channels, not rows.
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        weight.contiguous(), [padding[0], padding[1]], list(stride), list(dilation), groups, [1, c, h, wd])
-    weight_ref = TensorRef.of(ctx.constant_buffer(packed, f"{node.name}_weight"))
-    extra = [Region(weight_ref, ((0, oc), (0, weight.shape[1]), (0, kh), (0, kw)))]
-    extra.append(Region(TensorRef.of(ctx.constant_buffer(bias.contiguous())), ((0, oc),)) if bias is not None else None)
+    weight = weight.contiguous()
+    bias_region = Region(TensorRef.of(ctx.constant_buffer(bias.contiguous())), ((0, oc),)) if bias is not None else None
+    packed: dict[tuple[int, int, int], Region] = {}
+
+    def weight_for(batch: int, rows: int, pad_h: int) -> list:
+        # Prepacked at compile time, as inductor's freezing does, into the blocked
+        # layout oneDNN picks for this input shape (for 1x1 convs it depends on the
+        # spatial size), so no tile reorders a weight. Tiles of one op share a few shapes.
+        key = (batch, rows, pad_h)
+        if key not in packed:
+            with one_aten_thread():
+                weight_tensor = torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, [pad_h, padding[1]], list(stride), list(dilation), groups, [batch, c, rows, wd])
+            ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
+            packed[key] = Region(ref, tuple((0, s) for s in weight.shape))
+        return [packed[key], bias_region]
+
     out = _window_tiles(
-        node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding, dilation, flops, True, extra,
+        node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding, dilation, flops, True,
+        weight_for,
         lambda top, bottom: (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups))
     if batch_norm is not None:
         ctx.absorb(node, batch_norm, (out, None, None))
@@ -88,10 +118,11 @@ def lower_max_pool2d(node: fx.Node, ctx: LoweringContext):
     kernel = pair(kernel)
     stride = pair(stride) if stride else kernel
     padding, dilation = pair(padding or 0), pair(dilation or 1)
-    oshape = node_meta(node)[0].shape
+    oshape = node_meta(node).shape
     flops = float(oshape.numel() * kernel[0] * kernel[1])
     out = _window_tiles(
-        node, ctx, TileKind.MAX_POOL2D, x, oshape, kernel, stride, padding, dilation, flops, not ceil_mode, [],
+        node, ctx, TileKind.MAX_POOL2D, x, oshape, kernel, stride, padding, dilation, flops, not ceil_mode,
+        lambda *_: [],
         lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], *dilation, int(bool(ceil_mode))))
     return (out, None)
 
@@ -112,7 +143,8 @@ def lower_avg_pool2d(node: fx.Node, ctx: LoweringContext):
     split_rows = not ceil_mode and (count_include_pad or padding[0] == 0)
     flops = float(node_meta(node).numel() * kernel[0] * kernel[1])
     return _window_tiles(
-        node, ctx, TileKind.AVG_POOL2D, x, node_meta(node).shape, kernel, stride, padding, (1, 1), flops, split_rows, [],
+        node, ctx, TileKind.AVG_POOL2D, x, node_meta(node).shape, kernel, stride, padding, (1, 1), flops, split_rows,
+        lambda *_: [],
         lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], int(bool(ceil_mode)),
                              int(count_include_pad), int(divisor or 0)))
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
-from ..lower import LoweringContext
+from ..lower import LoweringContext, node_meta
 from ..registry import RULES
 from ..tile_graph import PointwiseOp
 from .elementwise import lower_pointwise
@@ -56,7 +56,7 @@ def _check_batch_norm(node: fx.Node, is_frozen):
         return "uses the batch statistics outputs"
     if not all(is_frozen(a) for a in node.args[1:5] if isinstance(a, fx.Node)):
         return "batch norm parameters are not frozen"
-    if node.meta["val"][0].dim() < 2:
+    if node_meta(node).dim() < 2:
         return "batch norm of a 1-d input"
     return None
 
@@ -64,7 +64,7 @@ def _check_batch_norm(node: fx.Node, is_frozen):
 @RULES.register(BATCH_NORM, check=_check_batch_norm)
 def lower_batch_norm(node: fx.Node, ctx: LoweringContext):
     scale, shift = batch_norm_affine(ctx, node)
-    rank = node.meta["val"][0].dim()
+    rank = node_meta(node).dim()
     channel_shape = (-1,) + (1,) * (rank - 2)
     scale = scale.float().reshape(channel_shape)
     shift = shift.float().reshape(channel_shape)

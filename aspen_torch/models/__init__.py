@@ -1,0 +1,5 @@
+"""Models written in the project (torchvision does not import beside the CPU torch wheel)."""
+from .resnet import resnet18, resnet50
+from .small_cnn import SmallCNN
+
+__all__ = ["resnet18", "resnet50", "SmallCNN"]
