@@ -41,6 +41,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
         report.num_edges += len(tile_graph.edges)
         report.tiles_per_op.update(tile_graph.tiles_per_op())
         report.activation_bytes += compiled_plan.activation_bytes
+        report.tile_graphs.append(tile_graph)
     partitioned.graph_module.recompile()
     return partitioned.graph_module
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from .apu.tile_graph import TileGraph
+
 
 @dataclasses.dataclass
 class CompileReport:
@@ -14,6 +16,7 @@ class CompileReport:
     num_partitions: int = 0
     num_graphs: int = 0
     activation_bytes: int = 0
+    tile_graphs: list[TileGraph] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [

@@ -20,7 +20,7 @@ TileSpec to_tile_spec(const PyTile& py) {
   TORCH_CHECK(!tensors.empty() && tensors[0].has_value(), "aspen: tile '", label, "' has no output tensor");
   for (const auto& t : tensors) spec.tensors.push_back(t.value_or(at::Tensor()));
   for (const auto& [op, operand, a, b] : epilogue) {
-    TORCH_CHECK(op >= 0 && op <= static_cast<int32_t>(PointwiseOp::kRsub), "aspen: unknown pointwise op ", op);
+    TORCH_CHECK(op >= 0 && op <= static_cast<int32_t>(PointwiseOp::kGelu), "aspen: unknown pointwise op ", op);
     TORCH_CHECK(operand >= -1 && operand < static_cast<int32_t>(spec.tensors.size()) &&
                     (operand < 0 || spec.tensors[operand].defined()),
                 "aspen: tile '", label, "' epilogue operand ", operand, " is not one of its tensors");

@@ -2,15 +2,21 @@
 // the tile that produced their input (applied in place on the output view).
 #include "tile_spec.h"
 
+#include <ATen/ops/abs.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/clamp.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/div.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/gelu.h>
 #include <ATen/ops/hardswish.h>
 #include <ATen/ops/mul.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/rsub.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/sqrt.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/tanh.h>
 
@@ -33,6 +39,12 @@ void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Te
     case PointwiseOp::kSigmoid: at::sigmoid_out(o, in); return;
     case PointwiseOp::kHardswish: at::hardswish_out(o, in); return;
     case PointwiseOp::kTanh: at::tanh_out(o, in); return;
+    case PointwiseOp::kAbs: at::abs_out(o, in); return;
+    case PointwiseOp::kNeg: at::neg_out(o, in); return;
+    case PointwiseOp::kExp: at::exp_out(o, in); return;
+    case PointwiseOp::kSqrt: at::sqrt_out(o, in); return;
+    case PointwiseOp::kRsqrt: at::rsqrt_out(o, in); return;
+    case PointwiseOp::kGelu: at::gelu_out(o, in, s.a != 0 ? "tanh" : "none"); return;
   }
   TORCH_INTERNAL_ASSERT(false, "unknown pointwise op ", static_cast<int>(s.op));
 }

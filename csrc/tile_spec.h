@@ -48,6 +48,12 @@ enum class PointwiseOp : int32_t {
   kHardswish = 8,
   kTanh = 9,
   kRsub = 10,     // out = operand - a * in
+  kAbs = 11,
+  kNeg = 12,
+  kExp = 13,
+  kSqrt = 14,
+  kRsqrt = 15,
+  kGelu = 16,     // a = 0: exact (erf), a = 1: tanh approximation
 };
 
 struct PointwiseStep {

@@ -57,6 +57,12 @@ class PointwiseOp(enum.IntEnum):
     HARDSWISH = 8
     TANH = 9
     RSUB = 10
+    ABS = 11
+    NEG = 12
+    EXP = 13
+    SQRT = 14
+    RSQRT = 15
+    GELU = 16
 
 
 @dataclasses.dataclass(eq=False)

@@ -92,9 +92,26 @@ def lower_hardswish(node, ctx):
     return lower_pointwise(node, ctx, PointwiseOp.HARDSWISH, node.args[0])
 
 
-@RULES.register(aten.tanh.default)
-def lower_tanh(node, ctx):
-    return lower_pointwise(node, ctx, PointwiseOp.TANH, node.args[0])
+UNARY = {
+    aten.tanh.default: PointwiseOp.TANH, aten.abs.default: PointwiseOp.ABS, aten.neg.default: PointwiseOp.NEG,
+    aten.exp.default: PointwiseOp.EXP, aten.sqrt.default: PointwiseOp.SQRT, aten.rsqrt.default: PointwiseOp.RSQRT,
+}
+
+
+@RULES.register(*UNARY)
+def lower_unary(node, ctx):
+    return lower_pointwise(node, ctx, UNARY[node.target], node.args[0])
+
+
+def _check_gelu(node: fx.Node, is_frozen):
+    approximate = node.kwargs.get("approximate", "none")
+    return None if approximate in ("none", "tanh") else f"gelu approximate={approximate!r}"
+
+
+@RULES.register(aten.gelu.default, check=_check_gelu)
+def lower_gelu(node, ctx):
+    tanh = node.kwargs.get("approximate", "none") == "tanh"
+    return lower_pointwise(node, ctx, PointwiseOp.GELU, node.args[0], a=1.0 if tanh else 0.0)
 
 
 def _alpha(node: fx.Node) -> float:

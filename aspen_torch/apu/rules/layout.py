@@ -31,7 +31,7 @@ def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int
     try:
         _meta_tensor(ref).view(shape)
         return ref.then("view", shape, shape)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # meta tensors raise ValueError for an impossible view
         pass
     # No view exists (e.g. flattening a channels-last buffer): one copy tile into a
     # contiguous buffer, written through a view of it in the source's shape.

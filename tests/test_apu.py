@@ -1,0 +1,71 @@
+"""APU structure: receptive-field math, tile counts, and edges that follow index ranges."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import aspen_torch
+from aspen_torch.apu.policy import TilePolicy, split_dims, split_range
+from aspen_torch.apu.window import Window, output_bands
+
+
+def test_window_input_rows():
+    conv = Window(kernel=3, stride=1, padding=1, dilation=1)
+    assert conv.input_rows(0, 4, 10) == (0, 5, 1, 0)
+    assert conv.input_rows(4, 8, 10) == (3, 9, 0, 0)
+    assert conv.input_rows(8, 10, 10) == (7, 10, 0, 1)
+    assert conv.input_rows(0, 10, 10) == (0, 10, 1, 1)
+    strided = Window(kernel=7, stride=2, padding=3, dilation=1)
+    assert strided.input_rows(0, 56, 112) == (0, 112, 3, 2)
+    dilated = Window(kernel=3, stride=1, padding=2, dilation=2)
+    assert dilated.input_rows(3, 5, 9) == (1, 7, 0, 0)
+
+
+def test_output_bands_prefer_batch_then_rows():
+    assert output_bands(8, 7, 4, True) == [(0, 2, 0, 7), (2, 4, 0, 7), (4, 6, 0, 7), (6, 8, 0, 7)]
+    assert output_bands(1, 10, 3, True) == [(0, 1, 0, 4), (0, 1, 4, 7), (0, 1, 7, 10)]
+    assert output_bands(1, 10, 3, False) == [(0, 1, 0, 10)]
+
+
+def test_split_helpers():
+    assert split_range(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert split_range(2, 5) == [(0, 1), (1, 2)]
+    boxes = split_dims((2, 3, 8), (0, 2), 6)
+    assert len(boxes) == 6 and all(b[1] == (0, 3) for b in boxes)
+    policy = TilePolicy(num_dses=2, tiles_per_dse=4, min_tile_flops=100)
+    assert policy.num_tiles(50, 100) == 1
+    assert policy.num_tiles(1e9, 100) == 8
+    assert policy.num_tiles(1e9, 3) == 3
+
+
+def test_conv_chain_edges_follow_receptive_fields():
+    """Two 3x3 convs cut into row bands: a band of the second reads its rows plus a one-row
+    halo, so it depends on the overlapping bands of the first, not on all of them."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    options = {"strict": True, "min_tile_flops": 1.0, "tiles_per_dse": 4, "num_dses": 2}
+    report = aspen_torch.explain(model, torch.randn(1, 4, 16, 8), options=options)
+    (graph,) = report.tile_graphs
+    first = [i for i, t in enumerate(graph.tiles) if t.node_name == "convolution"]
+    second = [i for i, t in enumerate(graph.tiles) if t.node_name == "convolution_1"]
+    assert len(first) == len(second) == 8
+    parents = {c: sorted(p for p, cc in graph.edges if cc == c) for c in second}
+    for k, child in enumerate(second):
+        expected = [first[j] for j in range(max(0, k - 1), min(8, k + 2))]
+        assert parents[child] == expected, "each band reads its own rows and the neighbouring halo rows"
+
+
+def test_explain_reports_tiles_and_fallbacks():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return torch.cumsum(self.conv(x), dim=1)  # cumsum has no APU rule
+
+    report = aspen_torch.explain(Model().eval(), torch.randn(1, 3, 32, 32))
+    assert report.fallback_ops == {"aten.cumsum.default": 1}
+    assert report.tiles_per_op["aten.convolution.default"] >= 1
+    assert report.num_tiles == sum(report.tiles_per_op.values())
+    text = str(report)
+    assert "aten.cumsum.default" in text and "tiles per op" in text

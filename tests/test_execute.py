@@ -1,0 +1,89 @@
+"""Execution: inputs the graph was not compiled for recompile or raise clearly; runtime stats."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import compile_strict
+
+import aspen_torch
+from aspen_torch import AspenInputError
+from aspen_torch.execute import CompiledPartition
+
+
+def small_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4)).eval()
+
+
+def test_new_shapes_recompile_and_stay_correct():
+    model = small_model()
+    compiled = compile_strict(model)
+    with torch.no_grad():
+        for shape in [(1, 3, 16, 16), (4, 3, 16, 16), (2, 3, 9, 13), (4, 3, 16, 16), (3, 3, 20, 8)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_partition_rejects_mismatched_inputs():
+    captured = []
+
+    def backend(gm, example_inputs):
+        compiled = aspen_torch.aspen_backend(gm, example_inputs, {"strict": True})
+        captured.append(compiled)
+        return compiled
+
+    model = small_model()
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(torch.randn(2, 3, 8, 8))
+    # Reach the CompiledPartition that the aten graph calls.
+    partitions = [m for m in _modules_of(captured[0]) if isinstance(m, CompiledPartition)]
+    assert len(partitions) == 1
+    part = partitions[0]
+    good = torch.randn(2, 3, 8, 8)
+    part(good)
+    with pytest.raises(AspenInputError, match="shape"):
+        part(torch.randn(2, 3, 8, 9))
+    with pytest.raises(AspenInputError, match="dtype"):
+        part(good.double())
+    with pytest.raises(AspenInputError, match="expected 1 inputs"):
+        part(good, good)
+    with pytest.raises(AspenInputError, match="tensor"):
+        part(3.0)
+    part(good)  # still usable
+
+
+def _modules_of(compiled_fn):
+    """The fx modules reachable from AOTAutograd's wrapper closures."""
+    seen, stack, found = set(), [compiled_fn], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            found.append(obj)
+            stack.extend(obj.children())
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                stack.append(cell.cell_contents)
+            except ValueError:
+                pass
+        for attr in ("__wrapped__", "__self__", "compiled_fn", "_compiled"):
+            if hasattr(obj, attr):
+                value = getattr(obj, attr)
+                stack.extend(value.values() if isinstance(value, dict) else [value])
+    return found
+
+
+def test_runtime_stats_and_set_num_dses():
+    model = small_model()
+    with torch.no_grad():
+        compile_strict(model, num_dses=2)(torch.randn(4, 3, 32, 32))
+    stats = aspen_torch.runtime_stats()
+    assert stats["num_dses"] == 2 and len(stats["tiles_per_dse"]) == 2
+    aspen_torch.set_num_dses(3)
+    assert aspen_torch.runtime_stats()["num_dses"] == 3
+    with pytest.raises(ValueError):
+        aspen_torch.set_num_dses(0)
+    aspen_torch.set_num_dses(2)

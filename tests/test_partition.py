@@ -1,0 +1,79 @@
+"""Partitioning: unsupported ops run in eager (logged) or raise in strict mode, listing every one."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import compile_strict
+
+from aspen_torch import AspenUnsupportedError
+
+
+class Mixed(nn.Module):
+    """aspen-capable convs around ops aspen has no rule for."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.cumsum(y, dim=2) / 10  # no rule
+        y = self.b(y)
+        return torch.flip(y, dims=[3]) + 1  # no rule
+
+
+def test_fallback_is_correct_and_logged(caplog):
+    model = Mixed().eval()
+    x = torch.randn(2, 3, 12, 10)
+    compiled = torch.compile(model, backend="aspen")
+    with caplog.at_level(logging.WARNING, logger="aspen_torch"), torch.no_grad():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "aten.cumsum.default" in messages and "aten.flip.default" in messages and "runs in eager" in messages
+
+
+def test_strict_lists_every_unsupported_op_with_its_source_line():
+    with pytest.raises(Exception) as info, torch.no_grad():
+        compile_strict(Mixed().eval())(torch.randn(1, 3, 8, 8))
+    error = info.value.inner_exception if hasattr(info.value, "inner_exception") else info.value
+    assert isinstance(error, AspenUnsupportedError)
+    ops = sorted(op for op, _, _ in error.unsupported)
+    assert ops == ["aten.cumsum.default", "aten.flip.default"]
+    assert all("test_partition.py" in where for _, _, where in error.unsupported)
+
+
+def test_unsupported_dtype_falls_back_and_strict_names_it():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval().double()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="aspen")(x), model(x))
+        with pytest.raises(Exception, match="dtype torch.float64"):
+            compile_strict(model)(x)
+
+
+def test_training_graph_runs_in_eager_and_strict_raises(caplog):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    x = torch.randn(1, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="aspen_torch"):
+        out = torch.compile(model, backend="aspen")(x)
+    out.sum().backward()  # autograd still works: the graph ran in eager
+    assert model[0].weight.grad is not None
+    assert "training" in caplog.text
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="torch.no_grad"):
+        compile_strict(model)(x)
+
+
+def test_options_are_validated():
+    with pytest.raises(Exception, match="unknown option"):
+        with torch.no_grad():
+            torch.compile(nn.ReLU(), backend="aspen", options={"num_dse": 2})(torch.randn(3))
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="num_dses"):
+        with torch.no_grad():
+            torch.compile(nn.ReLU(), backend="aspen", options={"num_dses": 0})(torch.randn(3))

@@ -1,0 +1,87 @@
+"""Convolution and pooling rules vs eager: strides, padding, dilation, groups, odd and non-square sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_matches_eager
+
+
+class Conv(nn.Module):
+    def __init__(self, cin, cout, k, stride=1, padding=0, dilation=1, groups=1, bias=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+CONV_CASES = [
+    # cin, cout, k, stride, padding, dilation, groups, bias, input (N, H, W)
+    (3, 8, 3, 1, 1, 1, 1, True, (1, 17, 23)),
+    (8, 16, 3, 2, 1, 1, 1, False, (2, 31, 20)),
+    (8, 8, 3, 1, 2, 2, 1, True, (1, 19, 19)),
+    (16, 16, 3, 1, 1, 1, 16, True, (3, 15, 9)),   # depthwise
+    (16, 32, 3, 2, 1, 1, 4, True, (1, 22, 13)),   # grouped, strided
+    (16, 24, 1, 1, 0, 1, 1, False, (2, 14, 14)),  # pointwise
+    (16, 24, 1, 2, 0, 1, 1, True, (1, 15, 28)),   # strided 1x1 (downsample)
+    (3, 16, 7, 2, 3, 1, 1, False, (1, 64, 48)),   # ResNet stem
+    (8, 8, (3, 5), (2, 1), (1, 2), 1, 1, True, (2, 21, 17)),  # non-square kernel
+    (4, 8, 5, 3, 0, 1, 2, True, (1, 30, 26)),     # no padding, stride 3
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d(case):
+    cin, cout, k, stride, padding, dilation, groups, bias, (n, h, w) = case
+    model = Conv(cin, cout, k, stride, padding, dilation, groups, bias).eval()
+    report = assert_matches_eager(model, torch.randn(n, cin, h, w), options={"min_tile_flops": 1e4})
+    assert report.tiles_per_op["aten.convolution.default"] > 1, "the conv is cut into several tiles"
+
+
+def test_conv_followed_by_batch_norm_is_folded():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 2)
+        model[1].bias.uniform_(-1, 1)
+    report = assert_matches_eager(model, torch.randn(2, 4, 13, 11))
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}, "BN and ReLU run inside the conv tiles"
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", [
+    (3, 2, 1, 1, False), (2, 2, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 0, 2, False),
+    (3, 2, 1, 1, True), ((3, 2), (2, 1), (1, 0), 1, False)])
+def test_max_pool2d(kernel, stride, padding, dilation, ceil_mode):
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x - 0.5, kernel, stride, padding, dilation, ceil_mode)
+
+    assert_matches_eager(Pool(), torch.randn(2, 5, 19, 14), options={"min_tile_flops": 100})
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,count_include_pad,divisor", [
+    (2, 2, 0, False, True, None), (3, 2, 1, False, True, None), (3, 2, 1, False, False, None),
+    (3, 1, 1, True, True, None), (3, 2, 1, False, True, 4)])
+def test_avg_pool2d(kernel, stride, padding, ceil_mode, count_include_pad, divisor):
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.avg_pool2d(x * 2, kernel, stride, padding, ceil_mode, count_include_pad, divisor)
+
+    assert_matches_eager(Pool(), torch.randn(3, 4, 17, 12), options={"min_tile_flops": 100})
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_mean_over_spatial_dims(keepdim):
+    class Mean(nn.Module):
+        def forward(self, x):
+            return (x + 1).mean(dim=(2, 3), keepdim=keepdim)
+
+    assert_matches_eager(Mean(), torch.randn(3, 6, 7, 5), options={"min_tile_flops": 10})
+
+
+def test_adaptive_avg_pool_to_one():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
+    assert_matches_eager(model, torch.randn(2, 3, 11, 9))

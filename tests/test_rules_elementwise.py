@@ -1,0 +1,92 @@
+"""Pointwise rules vs eager, standalone and fused as epilogues, with broadcasting."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_matches_eager
+
+ACTIVATIONS = {
+    "relu": torch.relu, "relu6": F.relu6, "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.7),
+    "silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish, "tanh": torch.tanh,
+    "clamp": lambda x: torch.clamp(x, -0.3, 0.4), "abs": torch.abs, "neg": torch.neg, "exp": torch.exp,
+    "sqrt": lambda x: torch.sqrt(x.abs()), "rsqrt": lambda x: torch.rsqrt(x.abs() + 0.1), "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("after_conv", [False, True])
+def test_activation(name, after_conv):
+    act = ACTIVATIONS[name]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x):
+            return act(self.conv(x) if after_conv else x * 3)
+
+    report = assert_matches_eager(Model().eval(), torch.randn(2, 3, 9, 7) * 3)
+    if after_conv:
+        assert set(report.tiles_per_op) == {"aten.convolution.default"}, "fused as an epilogue"
+
+
+BINARY = {
+    "add": lambda a, b: a + b, "add_alpha": lambda a, b: torch.add(a, b, alpha=0.5), "sub": lambda a, b: a - b,
+    "rsub": lambda a, b: b - a, "mul": lambda a, b: a * b, "div": lambda a, b: a / (b.abs() + 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@pytest.mark.parametrize("other_shape", [(2, 6, 9, 7), (1, 6, 1, 1), (7,), ()])
+def test_binary_with_broadcast(name, other_shape):
+    fn = BINARY[name]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x, other):
+            return fn(self.conv(x), other)
+
+    assert_matches_eager(Model().eval(), torch.randn(2, 3, 9, 7), torch.randn(other_shape))
+
+
+def test_scalar_operands_and_chains():
+    class Model(nn.Module):
+        def forward(self, x):
+            y = (x + 1.5) * 2 - 0.25
+            return torch.relu(y / 3) + x
+
+    assert_matches_eager(Model(), torch.randn(4, 5, 6))
+
+
+def test_residual_add_into_conv_epilogue():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(8, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return torch.relu(self.b(torch.relu(self.a(x))) + x)
+
+    report = assert_matches_eager(Block().eval(), torch.randn(1, 8, 20, 12))
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}
+
+
+def test_value_used_twice_is_not_overwritten_by_an_epilogue():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.relu(y) + torch.sigmoid(y), y
+
+    assert_matches_eager(Model().eval(), torch.randn(2, 3, 8, 8))

@@ -1,0 +1,75 @@
+"""Linear / addmm / mm, batch norm alone, and layout rules (view, flatten, permute, slice, cat) vs eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import assert_matches_eager
+
+
+@pytest.mark.parametrize("batch,fin,fout,bias", [(1, 2048, 1000, True), (5, 33, 17, True), (64, 128, 96, False),
+                                                  (3, 7, 300, True)])
+def test_linear(batch, fin, fout, bias):
+    model = nn.Linear(fin, fout, bias=bias).eval()
+    report = assert_matches_eager(model, torch.randn(batch, fin), options={"min_tile_flops": 1e4})
+    assert sum(report.tiles_per_op.values()) >= 1
+
+
+def test_linear_over_3d_input():
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 8)).eval()
+    assert_matches_eager(model, torch.randn(3, 11, 24))
+
+
+def test_mm_of_two_activations():
+    class Model(nn.Module):
+        def forward(self, a, b):
+            return torch.mm(a * 2, b + 1)
+
+    assert_matches_eager(Model(), torch.randn(37, 19), torch.randn(19, 23))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 4, 9)])
+def test_standalone_batch_norm(shape):
+    bn = nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1])
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = bn
+
+        def forward(self, x):
+            return self.bn(torch.sigmoid(x))
+
+    assert_matches_eager(Model().eval(), torch.randn(shape))
+
+
+def test_flatten_of_channels_last_activation_copies():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 5 * 6, 10)).eval()
+    assert_matches_eager(model, torch.randn(2, 3, 7, 8))
+
+
+def test_views_permute_slice():
+    class Model(nn.Module):
+        def forward(self, x):
+            y = (x * 2).view(3, 4, 10).permute(0, 2, 1)
+            z = y[:, 2:7, 1:] + 1
+            return z.reshape(3, -1).t().unsqueeze(0) * 3
+
+    assert_matches_eager(Model(), torch.randn(3, 40))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_cat(dim):
+    class Model(nn.Module):
+        def forward(self, a, b):
+            return torch.cat([torch.relu(a), b * 2], dim=dim)
+
+    a = torch.randn(2, 3, 5, 4)
+    shape = list(a.shape)
+    shape[dim] = 2
+    assert_matches_eager(Model(), a, torch.randn(shape))

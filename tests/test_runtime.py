@@ -1,0 +1,166 @@
+"""The C++ runtime alone: ready pool, DSEs, dependency counting, errors, resizing."""
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+
+from aspen_torch import _C
+from aspen_torch.apu.tile_graph import TileKind
+
+RECORD, COPY, PROBE = int(TileKind.RECORD), int(TileKind.COPY), int(TileKind.THREAD_PROBE)
+
+
+def random_dag(rng: random.Random, num_tiles: int, edge_prob: float) -> list[tuple[int, int]]:
+    order = list(range(num_tiles))
+    rng.shuffle(order)  # tile ids are not a topological order
+    return [(order[i], order[j]) for i in range(num_tiles) for j in range(i + 1, num_tiles) if rng.random() < edge_prob]
+
+
+def record_program(num_tiles: int, edges: list[tuple[int, int]]):
+    log = torch.zeros(1 + 2 * num_tiles, dtype=torch.int64)
+    tiles = [(RECORD, [log], [i], [], f"t{i}") for i in range(num_tiles)]
+    return _C.make_program(tiles, edges), log
+
+
+def check_log(log: torch.Tensor, num_tiles: int, edges: list[tuple[int, int]]) -> list[int]:
+    assert log[0].item() == num_tiles
+    ran = log[1:1 + 2 * num_tiles].view(-1, 2)
+    order = ran[:, 0].tolist()
+    assert sorted(order) == list(range(num_tiles)), "every tile runs exactly once"
+    position = {t: i for i, t in enumerate(order)}
+    for parent, child in edges:
+        assert position[parent] < position[child], f"tile {child} ran before its input {parent}"
+    return ran[:, 1].tolist()
+
+
+@pytest.mark.parametrize("num_dses", [1, 2, 4])
+def test_random_dags_run_each_tile_once_in_dependency_order(num_dses):
+    rng = random.Random(num_dses)
+    runtime = _C.Runtime(num_dses)
+    for _ in range(1500):
+        n = rng.randint(1, 24)
+        edges = random_dag(rng, n, rng.choice([0.0, 0.1, 0.3, 0.8]))
+        program, log = record_program(n, edges)
+        runtime.run(program)
+        check_log(log, n, edges)
+
+
+def test_wide_graph_spreads_over_dses():
+    runtime = _C.Runtime(2)
+    program, log = record_program(2000, [])
+    before = runtime.tiles_per_dse()
+    runtime.run(program)
+    dses = check_log(log, 2000, [])
+    assert set(dses) == {0, 1}
+    assert sum(runtime.tiles_per_dse()) - sum(before) == 2000
+
+
+def test_program_reuse_and_concurrent_requests():
+    runtime = _C.Runtime(3)
+    rng = random.Random(7)
+    errors = []
+
+    def client(seed):
+        local = random.Random(seed)
+        try:
+            for _ in range(200):
+                n = local.randint(1, 30)
+                edges = random_dag(local, n, 0.2)
+                program, log = record_program(n, edges)
+                runtime.run(program)
+                check_log(log, n, edges)
+        except Exception as e:  # surfaced below; a thread cannot fail the test itself
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(rng.random(),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_resize_while_requests_run():
+    runtime = _C.Runtime(1)
+    stop = threading.Event()
+    errors = []
+
+    def client():
+        local = random.Random(3)
+        try:
+            while not stop.is_set():
+                n = local.randint(1, 40)
+                edges = random_dag(local, n, 0.15)
+                program, log = record_program(n, edges)
+                runtime.run(program)
+                check_log(log, n, edges)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for size in [2, 1, 3, 1, 4, 2] * 5:
+        runtime.set_num_dses(size)
+        assert runtime.num_dses == size
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_tile_error_fails_that_request_only():
+    runtime = _C.Runtime(2)
+    out, bad = torch.zeros(4), torch.ones(5)
+    ok_log = torch.zeros(1 + 2 * 3, dtype=torch.int64)
+    tiles = [(RECORD, [ok_log], [0], [], "before"), (COPY, [out, bad], [], [], "aten.bad_copy"),
+             (RECORD, [ok_log], [2], [], "after")]
+    program = _C.make_program(tiles, [(0, 1), (1, 2)])
+    with pytest.raises(RuntimeError, match=r"tile 1 \(aten.bad_copy\) failed"):
+        runtime.run(program)
+    assert ok_log[0].item() == 1, "tiles after a failed tile are skipped"
+    # The runtime stays usable.
+    program, log = record_program(50, [(i, i + 1) for i in range(49)])
+    runtime.run(program)
+    check_log(log, 50, [(i, i + 1) for i in range(49)])
+
+
+def test_bad_programs_are_rejected():
+    log = torch.zeros(9, dtype=torch.int64)
+    tiles = [(RECORD, [log], [i], [], f"t{i}") for i in range(3)]
+    with pytest.raises(RuntimeError, match="cycle"):
+        _C.make_program(tiles, [(0, 1), (1, 2), (2, 0)])
+    with pytest.raises(RuntimeError, match="outside"):
+        _C.make_program(tiles, [(0, 7)])
+    with pytest.raises(RuntimeError, match="depends on itself"):
+        _C.make_program(tiles, [(1, 1)])
+    with pytest.raises(RuntimeError, match="unknown tile kind"):
+        _C.make_program([(99, [log], [], [], "x")], [])
+    with pytest.raises(RuntimeError, match="no output"):
+        _C.make_program([(COPY, [None], [], [], "x")], [])
+    with pytest.raises(RuntimeError, match="num_dses"):
+        _C.Runtime(1).set_num_dses(-1)
+
+
+def test_empty_program_completes():
+    _C.Runtime(1).run(_C.make_program([], []))
+
+
+def test_dse_runs_aten_single_threaded_and_caller_keeps_its_threads():
+    before = torch.get_num_threads()
+    runtime = _C.Runtime(2)
+    assert torch.get_num_threads() == before
+    probes = [torch.zeros(2, dtype=torch.int64) for _ in range(8)]
+    runtime.run(_C.make_program([(PROBE, [p], [], [], "probe") for p in probes], []))
+    for p in probes:
+        assert p.tolist() == [1, 1], "at::parallel_for inside a DSE must use one thread"
+
+
+def test_one_openmp_runtime_is_loaded():
+    _C.Runtime(1)
+    with open("/proc/self/maps") as maps:
+        gomp = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomp) == 1, gomp
