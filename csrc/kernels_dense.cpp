@@ -1,5 +1,5 @@
 // Matrix, reduction and data-movement tiles that write straight into their output view.
-#include "tile_spec.h"
+#include "kernels.h"
 
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mean.h>

@@ -1,6 +1,6 @@
 // Tiles that compute nothing of a model: they let tests observe the runtime
 // (execution order, which DSE ran what, ATen's threading inside a DSE).
-#include "tile_spec.h"
+#include "kernels.h"
 
 #include <ATen/Parallel.h>
 

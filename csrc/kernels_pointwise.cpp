@@ -1,6 +1,6 @@
 // Pointwise ops, used both as standalone tiles and as epilogues fused into
 // the tile that produced their input (applied in place on the output view).
-#include "tile_spec.h"
+#include "kernels.h"
 
 #include <ATen/ops/abs.h>
 #include <ATen/ops/add.h>

@@ -1,0 +1,23 @@
+// The tile kernels, one per TileKind, and the pointwise step they share.
+#pragma once
+
+#include "tile_spec.h"
+
+namespace aspen {
+
+void run_conv2d(const TileSpec& t);
+void run_max_pool2d(const TileSpec& t);
+void run_avg_pool2d(const TileSpec& t);
+void run_linear(const TileSpec& t);
+void run_mean(const TileSpec& t);
+void run_copy(const TileSpec& t);
+void run_pointwise(const TileSpec& t);
+void run_epilogue(const TileSpec& t);
+void run_record(const TileSpec& t, int dse_index);
+void run_thread_probe(const TileSpec& t);
+
+// out = step(in, operand); `in` may alias `out` (an in-place epilogue).
+void apply_pointwise(const PointwiseStep& step, const at::Tensor& out, const at::Tensor& in,
+                     const std::vector<at::Tensor>& tensors);
+
+}  // namespace aspen
