@@ -8,11 +8,12 @@ from .errors import AspenError, AspenInputError, AspenUnsupportedError
 from .explain import explain
 from .report import CompileReport
 from .runtime import runtime_stats, set_num_dses
+from .trace import Trace, trace
 
 if "aspen" not in torch._dynamo.list_backends(exclude_tags=()):
     torch._dynamo.register_backend(aspen_backend, name="aspen")
 
 __all__ = [
-    "aspen_backend", "explain", "runtime_stats", "set_num_dses", "CompileReport",
+    "aspen_backend", "explain", "runtime_stats", "set_num_dses", "trace", "Trace", "CompileReport",
     "AspenError", "AspenInputError", "AspenUnsupportedError",
 ]

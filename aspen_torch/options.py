@@ -19,7 +19,7 @@ class AspenOptions:
     strict: bool = False
     # Smallest work (FLOPs) worth a tile of its own; see apu/policy.py.
     min_tile_flops: float = 4e6
-    tiles_per_dse: int = 4
+    tiles_per_dse: int = 1
 
     @staticmethod
     def from_dict(options: Optional[Mapping[str, Any]]) -> "AspenOptions":

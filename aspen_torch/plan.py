@@ -54,7 +54,7 @@ def plan(graph: TileGraph) -> Plan:
     for tile in graph.tiles:
         tensors = [views.region(r) for r in tile.args]
         epilogue = [(int(s.op), -1 if s.operand is None else s.operand, s.a, s.b) for s in tile.epilogue]
-        tiles.append((int(tile.kind), tensors, list(tile.ints), epilogue, tile.op_label))
+        tiles.append((int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})"))
     program = _C.make_program(tiles, graph.edges)
     output_views = [apply_view_steps(views.buffer(ref.buffer), ref.steps) for ref in graph.output_refs]
     activation_bytes = sum(

@@ -44,6 +44,16 @@ void run_program(Runtime& runtime, const std::shared_ptr<Program>& program) {
   runtime.submit(program)->wait();
 }
 
+std::vector<std::tuple<uintptr_t, int32_t, std::string, int32_t, int64_t, int64_t>> stop_trace(Runtime& runtime) {
+  std::vector<TraceEvent> events = runtime.stop_trace();
+  std::vector<std::tuple<uintptr_t, int32_t, std::string, int32_t, int64_t, int64_t>> out;
+  out.reserve(events.size());
+  for (const auto& e : events)
+    out.emplace_back(reinterpret_cast<uintptr_t>(e.program.get()), e.tile, e.program->tile(e.tile).label, e.dse,
+                     e.start_ns, e.end_ns);
+  return out;
+}
+
 }  // namespace
 }  // namespace aspen
 
@@ -52,7 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "aspen_torch runtime: tile programs executed by DSE threads over a work-stealing ready pool";
   pybind11::class_<Program, std::shared_ptr<Program>>(m, "Program")
       .def_property_readonly("num_tiles", &Program::num_tiles)
-      .def_property_readonly("num_edges", &Program::num_edges);
+      .def_property_readonly("num_edges", &Program::num_edges)
+      .def_property_readonly("id", [](const Program& p) { return reinterpret_cast<uintptr_t>(&p); });
   m.def("make_program", &make_program, pybind11::arg("tiles"), pybind11::arg("edges"),
         "Builds an immutable tile program; raises on bad tiles or a cyclic graph.");
   pybind11::class_<Runtime>(m, "Runtime")
@@ -60,6 +71,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_num_dses", &Runtime::set_num_dses, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_property_readonly("num_dses", &Runtime::num_dses)
       .def("tiles_per_dse", &Runtime::tiles_per_dse)
-      .def("run", &run_program, "Runs one request of the program and waits for it; raises the first tile error.");
+      .def("run", &run_program, "Runs one request of the program and waits for it; raises the first tile error.")
+      .def("start_trace", &Runtime::start_trace)
+      .def("stop_trace", &stop_trace,
+           "Stops tracing; returns (program, tile, label, dse, start_ns, end_ns) per tile run meanwhile.");
   m.attr("MAX_DSES") = Runtime::kMaxDses;
 }

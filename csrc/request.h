@@ -17,6 +17,7 @@ class Request {
   explicit Request(std::shared_ptr<const Program> program);
 
   const Program& program() const { return *program_; }
+  const std::shared_ptr<const Program>& program_ptr() const { return program_; }
 
   // Returns true when `child` became ready through this decrement.
   bool release_dependency(int32_t child) {

@@ -6,6 +6,8 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 
+#include <chrono>
+
 namespace aspen {
 namespace {
 
@@ -22,7 +24,8 @@ void pin_aten_to_one_thread() {
 
 }  // namespace
 
-Runtime::Runtime(int num_dses) : pool_(kMaxDses), tiles_run_(new std::atomic<int64_t>[kMaxDses]) {
+Runtime::Runtime(int num_dses)
+    : pool_(kMaxDses), tiles_run_(new std::atomic<int64_t>[kMaxDses]), traces_(new TraceBuffer[kMaxDses]) {
   for (int i = 0; i < kMaxDses; ++i) tiles_run_[i].store(0);
   set_num_dses(num_dses);
 }
@@ -91,14 +94,48 @@ std::vector<int64_t> Runtime::tiles_per_dse() const {
   return counts;
 }
 
+namespace {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void Runtime::start_trace() {
+  for (int i = 0; i < kMaxDses; ++i) {
+    std::lock_guard<std::mutex> lock(traces_[i].mu);
+    traces_[i].events.clear();
+  }
+  tracing_.store(true, std::memory_order_relaxed);
+}
+
+std::vector<TraceEvent> Runtime::stop_trace() {
+  tracing_.store(false, std::memory_order_relaxed);
+  std::vector<TraceEvent> all;
+  for (int i = 0; i < kMaxDses; ++i) {
+    std::lock_guard<std::mutex> lock(traces_[i].mu);
+    all.insert(all.end(), std::make_move_iterator(traces_[i].events.begin()),
+               std::make_move_iterator(traces_[i].events.end()));
+    traces_[i].events.clear();
+  }
+  return all;
+}
+
 ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
   Request* request = item.request;
   const Program& program = request->program();
   if (!request->failed()) {
     const TileSpec& tile = program.tile(item.tile);
+    const bool tracing = tracing_.load(std::memory_order_relaxed);
+    const int64_t start = tracing ? now_ns() : 0;
     try {
       run_tile(tile, index);
       tiles_run_[index].fetch_add(1, std::memory_order_relaxed);
+      if (tracing) {
+        TraceEvent event{request->program_ptr(), item.tile, index, start, now_ns()};
+        std::lock_guard<std::mutex> lock(traces_[index].mu);
+        traces_[index].events.push_back(std::move(event));
+      }
     } catch (const c10::Error& e) {
       request->fail("aspen: tile " + std::to_string(item.tile) + " (" + tile.label +
                     ") failed: " + e.what_without_backtrace());

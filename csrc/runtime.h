@@ -14,6 +14,15 @@
 
 namespace aspen {
 
+// One executed tile, recorded while tracing is on.
+struct TraceEvent {
+  std::shared_ptr<const Program> program;
+  int32_t tile;
+  int32_t dse;
+  int64_t start_ns;  // steady clock
+  int64_t end_ns;
+};
+
 class Runtime {
  public:
   static constexpr int kMaxDses = 256;
@@ -32,7 +41,16 @@ class Runtime {
 
   std::vector<int64_t> tiles_per_dse() const;
 
+  // Tracing costs one relaxed load per tile while off.
+  void start_trace();
+  std::vector<TraceEvent> stop_trace();
+
  private:
+  struct alignas(64) TraceBuffer {
+    std::mutex mu;  // uncontended: only its DSE appends; stop_trace drains
+    std::vector<TraceEvent> events;
+  };
+
   struct Dse {
     std::thread thread;
     std::atomic<bool> stop{false};
@@ -47,6 +65,8 @@ class Runtime {
   mutable std::mutex resize_mu_;
   std::vector<std::unique_ptr<Dse>> dses_;
   std::atomic<uint32_t> next_root_row_{0};
+  std::atomic<bool> tracing_{false};
+  std::unique_ptr<TraceBuffer[]> traces_;
 };
 
 }  // namespace aspen
