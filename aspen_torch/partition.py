@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import operator
 from typing import Optional
 
 import torch
@@ -15,7 +16,7 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from .apu.lower import PartitionInput, RuntimeInput
-from .apu.registry import RULES, op_name
+from .apu.registry import RULES, is_foldable, op_name
 from .capture import CapturedGraph
 from .errors import AspenUnsupportedError
 
@@ -37,11 +38,12 @@ class PartitionedGraph:
 
 
 def _frozen_nodes(graph_module: fx.GraphModule, frozen: dict[int, torch.Tensor]) -> set[fx.Node]:
-    """Frozen placeholders and every node computed from them alone."""
+    """Frozen placeholders and every node computable from them alone at compile time."""
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     result = {placeholders[i] for i in frozen}
     for node in graph_module.graph.nodes:
-        if node.op == "call_function" and node.all_input_nodes and all(n in result for n in node.all_input_nodes):
+        if is_foldable(node, result.__contains__) or (
+                node.target is operator.getitem and node.args[0] in result):
             result.add(node)
     return result
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -46,6 +46,14 @@ class _Views:
         tensor = apply_view_steps(tensor, region.ref.steps)
         return tensor[tuple(slice(start, stop) for start, stop in region.box)]
 
+    def arguments(self, args: Any) -> Any:
+        """An ATen call's arguments with every Region, also inside lists, turned into its view."""
+        if isinstance(args, Region):
+            return self.region(args)
+        if isinstance(args, (list, tuple)):
+            return [self.arguments(a) for a in args]
+        return args
+
 
 def plan(graph: TileGraph) -> Plan:
     views = _Views()
@@ -54,7 +62,12 @@ def plan(graph: TileGraph) -> Plan:
     for tile in graph.tiles:
         tensors = [views.region(r) for r in tile.args]
         epilogue = [(int(s.op), -1 if s.operand is None else s.operand, s.a, s.b) for s in tile.epilogue]
-        tiles.append((int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})"))
+        entry = (int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})")
+        if tile.aten_call is not None:
+            call = tile.aten_call
+            schema = call.op._schema
+            entry += ((schema.name, schema.overload_name, views.arguments(call.args), call.result_index),)
+        tiles.append(entry)
     program = _C.make_program(tiles, graph.edges)
     output_views = [apply_view_steps(views.buffer(ref.buffer), ref.steps) for ref in graph.output_refs]
     activation_bytes = sum(

@@ -1,7 +1,9 @@
 // Python bindings: thin wrappers. Every call that waits on DSEs releases the GIL.
+#include "aten_call.h"
 #include "program.h"
 #include "runtime.h"
 
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -10,12 +12,15 @@
 namespace aspen {
 namespace {
 
-using PyTile = std::tuple<int32_t, std::vector<std::optional<at::Tensor>>, std::vector<int64_t>,
-                          std::vector<std::tuple<int32_t, int32_t, double, double>>, std::string>;
-
-TileSpec to_tile_spec(const PyTile& py) {
-  const auto& [kind, tensors, ints, epilogue, label] = py;
-  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kThreadProbe), "aspen: unknown tile kind ", kind);
+// (kind, tensors, ints, epilogue, label[, (op name, overload name, args in schema order, result index)])
+TileSpec to_tile_spec(const pybind11::tuple& py) {
+  TORCH_CHECK(py.size() == 5 || py.size() == 6, "aspen: a tile is a tuple of 5 or 6 items, got ", py.size());
+  const auto kind = py[0].cast<int32_t>();
+  const auto tensors = py[1].cast<std::vector<std::optional<at::Tensor>>>();
+  const auto ints = py[2].cast<std::vector<int64_t>>();
+  const auto epilogue = py[3].cast<std::vector<std::tuple<int32_t, int32_t, double, double>>>();
+  const auto label = py[4].cast<std::string>();
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kAtenOp), "aspen: unknown tile kind ", kind);
   TileSpec spec{static_cast<TileKind>(kind), {}, ints, {}, label};
   TORCH_CHECK(!tensors.empty() && tensors[0].has_value(), "aspen: tile '", label, "' has no output tensor");
   for (const auto& t : tensors) spec.tensors.push_back(t.value_or(at::Tensor()));
@@ -28,10 +33,28 @@ TileSpec to_tile_spec(const PyTile& py) {
   }
   TORCH_CHECK(spec.kind != TileKind::kPointwise || !spec.epilogue.empty(),
               "aspen: pointwise tile '", label, "' has no op");
+  TORCH_CHECK((spec.kind == TileKind::kAtenOp) == (py.size() == 6),
+              "aspen: tile '", label, "': an ATen call goes with, and only with, an aten-op tile");
+  if (py.size() == 6) {
+    const auto call = py[5].cast<pybind11::tuple>();
+    const auto name = call[0].cast<std::string>();
+    const auto overload = call[1].cast<std::string>();
+    const auto args = call[2].cast<pybind11::list>();
+    const auto result_index = call[3].cast<int64_t>();
+    c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
+    const auto& schema_args = op.schema().arguments();
+    TORCH_CHECK(args.size() == schema_args.size(), "aspen: tile '", label, "': ", name, " takes ",
+                schema_args.size(), " arguments, got ", args.size());
+    TORCH_CHECK(result_index >= 0 && result_index < static_cast<int64_t>(op.schema().returns().size()),
+                "aspen: tile '", label, "': result index ", result_index, " out of range");
+    torch::jit::Stack stack;
+    for (size_t i = 0; i < args.size(); ++i) stack.push_back(torch::jit::toIValue(args[i], schema_args[i].real_type()));
+    spec.aten_call = std::make_shared<const AtenCall>(AtenCall{op, std::move(stack), result_index});
+  }
   return spec;
 }
 
-std::shared_ptr<Program> make_program(const std::vector<PyTile>& tiles,
+std::shared_ptr<Program> make_program(const std::vector<pybind11::tuple>& tiles,
                                              const std::vector<std::pair<int32_t, int32_t>>& edges) {
   std::vector<TileSpec> specs;
   specs.reserve(tiles.size());

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ namespace aspen {
 //   kCopy        tensors: out, input
 //   kRecord      tensors: log (int64 [1 + 2 * capacity]); ints: tile id. Appends (id, dse) to the log.
 //   kThreadProbe tensors: out (int64 [2]): [threads seen by at::parallel_for, at::get_num_threads()]
+//   kAtenOp      aten_call: any ATen op and its arguments (views included); result
+//                `result_index` of its returns is copied into tensors[0]. tensors[1..]
+//                are the views it reads (for epilogue operands).
 enum class TileKind : int32_t {
   kConv2d = 0,
   kMaxPool2d = 1,
@@ -34,6 +38,7 @@ enum class TileKind : int32_t {
   kCopy = 6,
   kRecord = 7,
   kThreadProbe = 8,
+  kAtenOp = 9,
 };
 
 enum class PointwiseOp : int32_t {
@@ -63,12 +68,15 @@ struct PointwiseStep {
   double b;
 };
 
+struct AtenCall;  // aten_call.h: an operator handle with a boxed argument stack
+
 struct TileSpec {
   TileKind kind;
   std::vector<at::Tensor> tensors;
   std::vector<int64_t> ints;
   std::vector<PointwiseStep> epilogue;
-  std::string label;  // the aten op this tile computes, for errors and stats
+  std::string label;  // "node (aten op)" this tile computes, for errors and traces
+  std::shared_ptr<const AtenCall> aten_call;  // kAtenOp only
 };
 
 // Runs one tile on the calling thread. Throws (c10::Error / std::exception) on failure.

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .policy import TilePolicy
-from .registry import RULES
+from .registry import RULES, is_foldable
 from .tile_graph import (
     Box,
     Buffer,
@@ -188,7 +188,7 @@ class LoweringContext:
         for node in graph.nodes:
             if node.op != "call_function" or node in self.values:  # absorbed by an earlier rule
                 continue
-            if self._all_inputs_constant(node):
+            if is_foldable(node, lambda n: isinstance(self.values.get(n), torch.Tensor)):
                 self.values[node] = self._evaluate(node)
             elif node.target is operator.getitem:
                 self.absorb(node.args[0], node, self.value(node.args[0])[node.args[1]])
@@ -198,10 +198,6 @@ class LoweringContext:
         output_refs = [self.ref(o) for o in outs]
         output_meta = [node_meta(o) for o in outs]
         return TileGraph(self.tiles, sorted(self._edges), input_refs, output_refs, output_meta, input_meta)
-
-    def _all_inputs_constant(self, node: fx.Node) -> bool:
-        inputs = node.all_input_nodes
-        return bool(inputs) and all(isinstance(self.values[n], torch.Tensor) for n in inputs)
 
     def _evaluate(self, node: fx.Node) -> Any:
         """Constant folding: an op whose inputs are all frozen runs once, at compile time."""

@@ -15,7 +15,8 @@ import torch.fx as fx
 if TYPE_CHECKING:
     from .lower import LoweringContext
 
-SUPPORTED_DTYPES = (torch.float32,)
+# Dtypes a partition may carry; rules with float32 kernels narrow this with `float32_only`.
+SUPPORTED_DTYPES = (torch.float32, torch.int64, torch.int32, torch.bool)
 
 LowerFn = Callable[[fx.Node, "LoweringContext"], object]
 # A check sees the node and which nodes are frozen (known at compile time).
@@ -41,9 +42,27 @@ def _tensor_values(node: fx.Node) -> list:
     return [v for v in vals if isinstance(v, torch.Tensor)]
 
 
+def float32_only(node: fx.Node) -> Optional[str]:
+    for v in _tensor_values(node):
+        if v.dtype != torch.float32:
+            return f"dtype {v.dtype} (this op is tiled for torch.float32)"
+    return None
+
+
+def is_foldable(node: fx.Node, is_frozen: Callable[[fx.Node], bool]) -> bool:
+    """Computable once at compile time: inputs all frozen (or none), and not random."""
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    if torch.Tag.nondeterministic_seeded in node.target.tags:
+        return False
+    return all(is_frozen(n) for n in node.all_input_nodes)
+
+
 class RuleRegistry:
     def __init__(self) -> None:
         self._rules: dict[object, Rule] = {}
+        # Rules for every op carrying a tag (e.g. all pointwise ops), after exact rules.
+        self._tag_rules: dict[torch.Tag, Rule] = {}
 
     def register(self, *targets: object, check: Optional[CheckFn] = None) -> Callable[[LowerFn], LowerFn]:
         def wrap(fn: LowerFn) -> LowerFn:
@@ -55,8 +74,23 @@ class RuleRegistry:
 
         return wrap
 
+    def register_tag(self, tag: torch.Tag, check: Optional[CheckFn] = None) -> Callable[[LowerFn], LowerFn]:
+        def wrap(fn: LowerFn) -> LowerFn:
+            self._tag_rules[tag] = Rule(tag, fn, check)
+            return fn
+
+        return wrap
+
+    def find(self, target: object) -> Optional[Rule]:
+        rule = self._rules.get(target)
+        if rule is None and isinstance(target, torch._ops.OpOverload):
+            rule = next((r for tag, r in self._tag_rules.items() if tag in target.tags), None)
+        return rule
+
     def rule(self, target: object) -> Rule:
-        return self._rules[target]
+        rule = self.find(target)
+        assert rule is not None, f"no APU rule for {target}"
+        return rule
 
     def tiled_ops(self) -> frozenset:
         return frozenset(t for t in self._rules if isinstance(t, torch._ops.OpOverload))
@@ -65,13 +99,13 @@ class RuleRegistry:
         """None when aspen can tile `node`, else why not, in words."""
         if node.op != "call_function":
             return None
-        if node.all_input_nodes and all(is_frozen(n) for n in node.all_input_nodes):
+        if is_foldable(node, is_frozen):
             return None  # folded to a constant at compile time
         if node.target is operator.getitem:
             src = node.args[0]
             return None if isinstance(src, fx.Node) and self.unsupported_reason(src, is_frozen) is None \
                 else "getitem of an op aspen does not run"
-        rule = self._rules.get(node.target)
+        rule = self.find(node.target)
         if rule is None:
             return "no APU rule for this op"
         for v in _tensor_values(node):

@@ -41,6 +41,7 @@ class TileKind(enum.IntEnum):
     COPY = 6
     RECORD = 7
     THREAD_PROBE = 8
+    ATEN_OP = 9
 
 
 class PointwiseOp(enum.IntEnum):
@@ -79,17 +80,99 @@ class Buffer:
 
 @dataclasses.dataclass(frozen=True)
 class ViewStep:
-    """A view applied to a buffer before boxing: ('view', shape), ('expand', shape),
-    ('permute', dims) or ('narrow', (dim, start, length))."""
+    """A zero-copy view: ('view', shape), ('expand', shape), ('permute', dims),
+    ('narrow', (dim, start, length)) or ('select', (dim, index)); `shape` is the result's."""
 
     op: str
     arg: tuple[int, ...]
+    shape: tuple[int, ...]
 
 
 def apply_view_steps(tensor: torch.Tensor, steps: Sequence[ViewStep]) -> torch.Tensor:
     for step in steps:
-        tensor = tensor.narrow(*step.arg) if step.op == "narrow" else getattr(tensor, step.op)(step.arg)
+        if step.op in ("narrow", "select"):
+            tensor = getattr(tensor, step.op)(*step.arg)
+        else:
+            tensor = getattr(tensor, step.op)(step.arg)
     return tensor
+
+
+def _reshape_groups(before: Sequence[int], after: Sequence[int]) -> Optional[list[tuple[list[int], list[int]]]]:
+    """Pairs minimal runs of dims with equal products, e.g. (6, 4) -> (2, 3, 4) gives
+    [([0], [0, 1]), ([1], [2])]. None for shapes with a zero."""
+    if 0 in before or 0 in after:
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(before) and j < len(after):
+        bi, aj, pb, pa = [i], [j], before[i], after[j]
+        i, j = i + 1, j + 1
+        while pb != pa:
+            if pb < pa:
+                bi.append(i)
+                pb *= before[i]
+                i += 1
+            else:
+                aj.append(j)
+                pa *= after[j]
+                j += 1
+        groups.append((bi, aj))
+    if not groups:
+        groups.append(([], []))
+    groups[-1][0].extend(range(i, len(before)))  # trailing size-1 dims
+    groups[-1][1].extend(range(j, len(after)))
+    return groups
+
+
+def _flat_range_box(lo: int, hi: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """The smallest box over `sizes` holding row-major flat indices [lo, hi)."""
+    if not sizes:
+        return []
+    inner = 1
+    for s in sizes[1:]:
+        inner *= s
+    first, last = lo // inner, (hi - 1) // inner
+    if first == last:
+        return [(first, first + 1)] + _flat_range_box(lo % inner, (hi - 1) % inner + 1, sizes[1:])
+    return [(first, last + 1)] + [(0, s) for s in sizes[1:]]
+
+
+def _box_through_view(box: Box, before: Sequence[int], after: Sequence[int]) -> Box:
+    """Maps a box of a reshaped view back to the smallest covering box of its source."""
+    groups = _reshape_groups(before, after)
+    if groups is None:
+        return full_box(before)
+    mapped: list[tuple[int, int]] = [(0, s) for s in before]
+    for before_dims, after_dims in groups:
+        lo, hi, stride = 0, 0, 1
+        for d in reversed(after_dims):
+            lo += box[d][0] * stride
+            hi += (box[d][1] - 1) * stride
+            stride *= after[d]
+        for d, r in zip(before_dims, _flat_range_box(lo, hi + 1, [before[d] for d in before_dims])):
+            mapped[d] = r
+    return tuple(mapped)
+
+
+def _box_through_step(box: Box, step: ViewStep, before: tuple[int, ...]) -> Box:
+    """The box of the step's input that a read of `box` of its output touches."""
+    if step.op == "view":
+        return _box_through_view(box, before, step.shape)
+    if step.op == "permute":
+        mapped: list = [None] * len(before)
+        for out_dim, in_dim in enumerate(step.arg):
+            mapped[in_dim] = box[out_dim]
+        return tuple(mapped)
+    if step.op == "expand":
+        offset = len(step.shape) - len(before)
+        return tuple((0, 1) if size == 1 else box[offset + d] for d, size in enumerate(before))
+    if step.op == "narrow":
+        dim, start, _ = step.arg
+        return tuple((b0 + start, b1 + start) if d == dim else (b0, b1) for d, (b0, b1) in enumerate(box))
+    if step.op == "select":
+        dim, index = step.arg
+        return tuple(box[:dim]) + ((index, index + 1),) + tuple(box[dim:])
+    raise AssertionError(f"unknown view step {step.op}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,25 +188,15 @@ class TensorRef:
         return TensorRef(buffer, (), buffer.shape)
 
     def then(self, op: str, arg: Sequence[int], shape: Sequence[int]) -> "TensorRef":
-        return TensorRef(self.buffer, self.steps + (ViewStep(op, tuple(arg)),), tuple(shape))
+        return TensorRef(self.buffer, self.steps + (ViewStep(op, tuple(arg), tuple(shape)),), tuple(shape))
 
     def buffer_box(self, box: Box) -> Box:
-        """The buffer box a read of `box` of this ref touches (index-range math, conservative for reshapes)."""
-        if not self.steps:
-            return box
-        if all(s.op == "expand" for s in self.steps):
-            # A broadcast dimension of size 1 is read whole; others map one to one.
-            offset = len(self.shape) - len(self.buffer.shape)
-            return tuple(
-                (0, 1) if size == 1 else box[offset + d] for d, size in enumerate(self.buffer.shape)
-            )
-        if all(s.op == "narrow" for s in self.steps):
-            mapped = list(box)
-            for step in self.steps:
-                dim, start, _ = step.arg
-                mapped[dim] = (mapped[dim][0] + start, mapped[dim][1] + start)
-            return tuple(mapped)
-        return full_box(self.buffer.shape)
+        """The buffer box that a read of `box` of this ref touches: index-range math
+        backwards through every view step, exact or a covering superset."""
+        shapes = [self.buffer.shape] + [s.shape for s in self.steps]
+        for step, before in zip(reversed(self.steps), reversed(shapes[:-1])):
+            box = _box_through_step(box, step, before)
+        return box
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +213,15 @@ class EpilogueStep:
     b: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class AtenCall:
+    """Any ATen op called on views: `args` in schema order, Regions where tensors go."""
+
+    op: torch._ops.OpOverload
+    args: tuple
+    result_index: int = 0
+
+
 @dataclasses.dataclass(eq=False)
 class Tile:
     kind: TileKind
@@ -150,6 +232,7 @@ class Tile:
     op_label: str  # aten op of the node this tile computes
     node_name: str
     flops: float = 0.0
+    aten_call: Optional[AtenCall] = None
 
     @property
     def args(self) -> list[Optional[Region]]:

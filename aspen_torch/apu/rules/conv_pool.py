@@ -9,7 +9,7 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import split_dims
-from ..registry import RULES
+from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
 from .norm import absorb_batch_norm
@@ -61,6 +61,8 @@ def _check_conv(node: fx.Node, is_frozen):
         return "convolution weight or bias is not a frozen parameter (aspen prepacks weights)"
     if node.args[6]:
         return "transposed convolution"
+    if float32_only(node):
+        return float32_only(node)
     if node_meta(x).dim() != 4:
         return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 2-d)"
     return None
@@ -108,7 +110,7 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
 def _check_max_pool(node: fx.Node, is_frozen):
     if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
         return "uses the pooling indices"
-    return None
+    return float32_only(node)
 
 
 @RULES.register(aten.max_pool2d_with_indices.default, check=_check_max_pool)
@@ -128,7 +130,7 @@ def lower_max_pool2d(node: fx.Node, ctx: LoweringContext):
 
 
 def _check_avg_pool(node: fx.Node, is_frozen):
-    return None if node_meta(node.args[0]).dim() == 4 else "avg_pool2d of a 3-d input"
+    return float32_only(node) if node_meta(node.args[0]).dim() == 4 else "avg_pool2d of a 3-d input"
 
 
 @RULES.register(aten.avg_pool2d.default, check=_check_avg_pool)
@@ -170,7 +172,7 @@ def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim
 def _check_mean(node: fx.Node, is_frozen):
     if node.kwargs.get("dtype") is not None:
         return "mean with dtype="
-    return None if node.args[1] else "mean over all dims (no dim list)"
+    return float32_only(node) if node.args[1] else "mean over all dims (no dim list)"
 
 
 @RULES.register(aten.mean.dim, check=_check_mean)
@@ -180,7 +182,9 @@ def lower_mean(node: fx.Node, ctx: LoweringContext):
 
 
 def _check_adaptive_avg_pool(node: fx.Node, is_frozen):
-    return None if tuple(node.args[1]) in ((1, 1), (1,)) else "adaptive_avg_pool2d to a size other than 1x1"
+    if tuple(node.args[1]) not in ((1, 1), (1,)):
+        return "adaptive_avg_pool2d to a size other than 1x1"
+    return float32_only(node)
 
 
 @RULES.register(aten._adaptive_avg_pool2d.default, check=_check_adaptive_avg_pool)

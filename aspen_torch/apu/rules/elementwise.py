@@ -6,7 +6,8 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import split_dims
-from ..registry import RULES
+from ..registry import RULES, float32_only
+from .generic import lower_elementwise
 from ..tile_graph import EpilogueStep, PointwiseOp, Region, Tile, TileKind
 
 aten = torch.ops.aten
@@ -18,7 +19,10 @@ POINTWISE_COST_PER_ELEMENT = 8.0
 def lower_pointwise(node: fx.Node, ctx: LoweringContext, op: PointwiseOp, primary, operand=None,
                     a: float = 0.0, b: float = 0.0, swapped: PointwiseOp | None = None):
     """Lowers out = op(primary, operand). `swapped` is the op computing the same value with
-    the inputs exchanged (ADD for ADD, RSUB for SUB); it lets either input host the epilogue."""
+    the inputs exchanged (ADD for ADD, RSUB for SUB); it lets either input host the epilogue.
+    Other dtypes than float32 (masks, positions) run as generic elementwise tiles."""
+    if float32_only(node) is not None:
+        return lower_elementwise(node, ctx)
     if ctx.try_fuse_pointwise(node, primary, op, operand, a, b):
         return ctx.values[node]
     if swapped is not None and ctx.try_fuse_pointwise(node, operand, swapped, primary, a, b):

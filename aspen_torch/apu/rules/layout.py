@@ -7,7 +7,7 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import split_range
+from ..policy import split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import Region, TensorRef, Tile, TileKind, apply_view_steps, full_box
 
@@ -33,13 +33,16 @@ def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int
         return ref.then("view", shape, shape)
     except (RuntimeError, ValueError):  # meta tensors raise ValueError for an impossible view
         pass
-    # No view exists (e.g. flattening a channels-last buffer): one copy tile into a
-    # contiguous buffer, written through a view of it in the source's shape.
+    # No view exists (e.g. flattening a channels-last or permuted buffer): copy tiles
+    # into a contiguous buffer, each writing its box through a view of it in the source's shape.
     out = ctx.new_buffer(node, channels_last=False)
     target = out.then("view", ref.shape, ref.shape)
-    tile = Tile(TileKind.COPY, Region(target, full_box(ref.shape)), [Region(ref, full_box(ref.shape))], (), [],
-                str(node.target), node.name, float(node_meta(node).numel()))
-    ctx.add_tile(tile)
+    numel = max(1, node_meta(node).numel())
+    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))), ctx.policy.num_tiles(numel * 8.0, numel))
+    for box in boxes:
+        tile = Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], str(node.target), node.name,
+                    numel / len(boxes))
+        ctx.add_tile(tile)
     return out
 
 
@@ -71,18 +74,18 @@ def lower_expand(node, ctx):
     return ctx.expand_to(ctx.ref(node.args[0]), node_meta(node).shape)
 
 
-def _check_same_value(node: fx.Node, is_frozen):
-    dtype = node.kwargs.get("dtype")
-    if dtype is not None and dtype != node_meta(node.args[0]).dtype:
-        return "dtype conversion"
-    return None
-
-
-@RULES.register(aten.clone.default, aten.alias.default, aten.detach.default, aten._to_copy.default,
-                check=_check_same_value)
+@RULES.register(aten.clone.default, aten.alias.default, aten.detach.default)
 def lower_same_value(node, ctx):
     # Buffers are written once and never mutated, so a copy can share the source.
     return ctx.ref(node.args[0])
+
+
+@RULES.register(aten.select.int)
+def lower_select(node, ctx):
+    ref = ctx.ref(node.args[0])
+    dim = node.args[1] % len(ref.shape)
+    index = node.args[2] % ref.shape[dim]
+    return ref.then("select", (dim, index), node_meta(node).shape)
 
 
 @RULES.register(aten.cat.default)
@@ -121,3 +124,22 @@ def lower_slice(node, ctx):
     start = min(max(start + size if start < 0 else start, 0), size)
     length = node_meta(node).shape[dim]
     return ref.then("narrow", (dim, start, length), node_meta(node).shape)
+
+
+@RULES.register(aten.split_with_sizes.default, aten.split.Tensor)
+def lower_split(node, ctx):
+    ref = ctx.ref(node.args[0])
+    dim = (node.args[2] if len(node.args) > 2 else 0) % len(ref.shape)
+    pieces, start = [], 0
+    for meta in node.meta["val"]:
+        length = meta.shape[dim]
+        pieces.append(ref.then("narrow", (dim, start, length), meta.shape))
+        start += length
+    return tuple(pieces)
+
+
+@RULES.register(aten.unbind.int)
+def lower_unbind(node, ctx):
+    ref = ctx.ref(node.args[0])
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(ref.shape)
+    return tuple(ref.then("select", (dim, i), meta.shape) for i, meta in enumerate(node.meta["val"]))

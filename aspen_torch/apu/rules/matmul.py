@@ -6,7 +6,7 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import split_range
-from ..registry import RULES
+from ..registry import RULES, float32_only
 from ..tile_graph import Region, Tile, TileKind
 
 aten = torch.ops.aten
@@ -40,7 +40,7 @@ def _check_addmm(node: fx.Node, is_frozen):
         return "addmm with alpha or beta other than 1"
     if node_meta(node.args[0]).dim() > 1:
         return "addmm with a 2-d bias"
-    return None
+    return float32_only(node)
 
 
 @RULES.register(aten.addmm.default, check=_check_addmm)
@@ -49,6 +49,6 @@ def lower_addmm(node: fx.Node, ctx: LoweringContext):
     return _lower_matmul(node, ctx, x, w, bias)
 
 
-@RULES.register(aten.mm.default)
+@RULES.register(aten.mm.default, check=lambda node, is_frozen: float32_only(node))
 def lower_mm(node: fx.Node, ctx: LoweringContext):
     return _lower_matmul(node, ctx, node.args[0], node.args[1])

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..registry import RULES
+from ..registry import RULES, float32_only
 from ..tile_graph import PointwiseOp
 from .elementwise import lower_pointwise
 
@@ -58,7 +58,7 @@ def _check_batch_norm(node: fx.Node, is_frozen):
         return "batch norm parameters are not frozen"
     if node_meta(node).dim() < 2:
         return "batch norm of a 1-d input"
-    return None
+    return float32_only(node)
 
 
 @RULES.register(BATCH_NORM, check=_check_batch_norm)

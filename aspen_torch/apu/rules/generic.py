@@ -1,0 +1,188 @@
+"""Ops tiled by index math but computed by their own ATen kernel (an aten-op tile).
+
+Elementwise ops of any dtype are cut into boxes of the output, each reading the
+broadcast-matching boxes of its inputs; row-wise ops (layer norm, softmax,
+embedding) into row blocks that span the reduced dimension; bmm into
+(batch, row block) tiles reading their batch's whole right-hand side; the few
+tiny mask ops without a useful cut run as one tile.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext, node_meta
+from ..policy import split_dims
+from ..registry import RULES, float32_only
+from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
+
+aten = torch.ops.aten
+
+ELEMENT_COST = 8.0  # FLOPs an element of a memory-bound tile counts as, for the tile policy
+
+
+def schema_args(node: fx.Node) -> list:
+    """The node's arguments in schema order, defaults filled in."""
+    args = []
+    for i, arg in enumerate(node.target._schema.arguments):
+        if i < len(node.args) and not arg.kwarg_only:
+            args.append(node.args[i])
+        elif arg.name in node.kwargs:
+            args.append(node.kwargs[arg.name])
+        else:
+            args.append(arg.default_value)
+    return args
+
+
+def broadcast_box(box: Box, shape: Sequence[int]) -> Box:
+    """The box of an input of `shape` that broadcasting maps onto output `box`."""
+    offset = len(box) - len(shape)
+    return tuple((0, 1) if size == 1 else box[offset + d] for d, size in enumerate(shape))
+
+
+def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Sequence[Box],
+               arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0,
+               flops: float = 0.0) -> TensorRef:
+    """One aten-op tile per output box; arg_region(i, ref, box) gives the box of tensor
+    argument i (schema position) that the tile reads."""
+    args = schema_args(node)
+    refs = {i: ctx.ref(a) for i, a in enumerate(args) if isinstance(a, fx.Node)}
+    for box in boxes:
+        call_args: list[Any] = list(args)
+        inputs = []
+        for i, ref in refs.items():
+            region = Region(ref, arg_region(i, ref, box))
+            call_args[i] = region
+            inputs.append(region)
+        for i, a in enumerate(args):  # lists of tensors (index.Tensor's indices)
+            if isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a):
+                call_args[i] = [Region(ctx.ref(x), full_box(ctx.ref(x).shape)) if isinstance(x, fx.Node) else x
+                                for x in a]
+                inputs += [r for r in call_args[i] if isinstance(r, Region)]
+        tile = Tile(TileKind.ATEN_OP, Region(out, box), inputs, (), [], str(node.target), node.name,
+                    flops / max(1, len(boxes)), AtenCall(node.target, tuple(call_args), result_index))
+        ctx.add_tile(tile, fusible_for=node)
+    return out
+
+
+def _parts(ctx: LoweringContext, node: fx.Node, cost: float, max_parts: int) -> int:
+    return ctx.policy.num_tiles(cost, max(1, max_parts))
+
+
+def lower_elementwise(node: fx.Node, ctx: LoweringContext) -> TensorRef:
+    out = ctx.new_buffer(node, channels_last=False)
+    shape = out.shape
+    numel = max(1, node_meta(node).numel())
+    boxes = split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * ELEMENT_COST, numel))
+    return aten_tiles(node, ctx, out, boxes, lambda i, ref, box: broadcast_box(box, ref.shape))
+
+
+@RULES.register_tag(torch.Tag.pointwise)
+def lower_pointwise_family(node: fx.Node, ctx: LoweringContext):
+    return lower_elementwise(node, ctx)
+
+
+@RULES.register(aten.where.self, aten._to_copy.default)
+def lower_where_or_convert(node, ctx):
+    return lower_elementwise(node, ctx)
+
+
+def lower_rowwise(node: fx.Node, ctx: LoweringContext, reduced: Sequence[int], tensor_args: dict[int, str],
+                  result_index: int = 0, out_shape=None) -> TensorRef:
+    """Tiles over every dim but `reduced`; argument i is 'rows' (read at the tile's rows)
+    or 'all' (read whole, e.g. a weight)."""
+    out = ctx.new_buffer(node, out_shape, channels_last=False)
+    shape = out.shape
+    kept = tuple(d for d in range(len(shape)) if d not in reduced)
+    rows = max(1, int(torch.Size([shape[d] for d in kept]).numel()))
+    boxes = split_dims(shape, kept, _parts(ctx, node, node_meta(node).numel() * ELEMENT_COST, rows))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return box[:len(ref.shape)] if tensor_args.get(i) == "rows" else full_box(ref.shape)
+
+    return aten_tiles(node, ctx, out, boxes, region, result_index)
+
+
+def _check_layer_norm(node, is_frozen):
+    if any(u.args[1] != 0 for u in node.users):
+        return "uses the mean or rstd outputs"
+    return float32_only(node)
+
+
+@RULES.register(aten.native_layer_norm.default, check=_check_layer_norm)
+def lower_layer_norm(node, ctx):
+    shape = node_meta(node).shape
+    reduced = range(len(shape) - len(node.args[1]), len(shape))
+    out = lower_rowwise(node, ctx, tuple(reduced), {0: "rows", 2: "all", 3: "all"}, 0, shape)
+    return (out, None, None)
+
+
+def _check_softmax(node, is_frozen):
+    return "half_to_float" if node.args[2] else float32_only(node)
+
+
+@RULES.register(aten._softmax.default, aten._log_softmax.default, check=_check_softmax)
+def lower_softmax(node, ctx):
+    dim = node.args[1] % node_meta(node).dim()
+    return lower_rowwise(node, ctx, (dim,), {0: "rows"})
+
+
+def _check_embedding(node, is_frozen):
+    return "sparse embedding" if len(node.args) > 4 and node.args[4] else None
+
+
+@RULES.register(aten.embedding.default, check=_check_embedding)
+def lower_embedding(node, ctx):
+    # out[..., :] = weight[indices[...]]: rows of the output follow rows of the indices.
+    return lower_rowwise(node, ctx, (node_meta(node).dim() - 1,), {0: "all", 1: "rows"})
+
+
+@RULES.register(aten.bmm.default, check=lambda node, is_frozen: float32_only(node))
+def lower_bmm(node, ctx):
+    out = ctx.new_buffer(node, channels_last=False)
+    b, n, m = out.shape
+    k = node_meta(node.args[0]).shape[2]
+    flops = 2.0 * b * n * m * k
+    boxes = split_dims(out.shape, (0, 1), ctx.policy.num_tiles(flops, b * n))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        # Left operand: the tile's rows of its batches; right operand: its batches whole.
+        return (box[0], box[1], (0, k)) if i == 0 else (box[0], (0, k), (0, m))
+
+    return aten_tiles(node, ctx, out, boxes, region, flops=flops)
+
+
+def _check_reduction(node, is_frozen):
+    return "reduction with dtype=" if node.kwargs.get("dtype") is not None else None
+
+
+@RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.any.dim, aten.any.dims,
+                aten.all.dim, check=_check_reduction)
+def lower_reduction(node, ctx):
+    """Tiles over the kept dims; each tile reads its slice of the input whole along the reduced dims."""
+    x = ctx.ref(node.args[0])
+    rank = len(x.shape)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
+    dims = sorted(d % rank for d in dims) if rank else []
+    keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+    kept = [d for d in range(rank) if d not in dims]
+    out = ctx.new_buffer(node, channels_last=False)
+    out_kept = tuple(kept) if keepdim else tuple(range(len(kept)))
+    rows = max(1, node_meta(node).numel())
+    boxes = split_dims(out.shape, out_kept, _parts(ctx, node, node_meta(node.args[0]).numel() * ELEMENT_COST, rows))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        kept_ranges = iter(box[d] for d in out_kept)
+        return tuple((0, ref.shape[d]) if d in dims else next(kept_ranges) for d in range(rank))
+
+    return aten_tiles(node, ctx, out, boxes, region)
+
+
+@RULES.register(aten.index.Tensor, aten.full_like.default)
+def lower_whole(node, ctx):
+    """Mask plumbing: tiny, run as one tile reading its inputs whole."""
+    out = ctx.new_buffer(node, channels_last=False)
+    return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))

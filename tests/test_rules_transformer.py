@@ -1,0 +1,91 @@
+"""Transformer rules vs eager: embedding, layer norm, softmax, bmm, masks, SDPA, MHA, GPT-style blocks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_matches_eager
+
+from aspen_torch.models import GPTBlock
+
+MANY_TILES = {"min_tile_flops": 1e3, "tiles_per_dse": 3}
+
+
+def test_embedding_and_layer_norm():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 24, padding_idx=0)
+            self.ln = nn.LayerNorm(24)
+
+        def forward(self, ids):
+            return self.ln(self.emb(ids) * 2)
+
+    assert_matches_eager(Model().eval(), torch.randint(0, 50, (3, 17)), options=MANY_TILES)
+
+
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_softmax_and_log_softmax(dim):
+    class Model(nn.Module):
+        def forward(self, x):
+            return F.softmax(x * 3, dim=dim), F.log_softmax(x + 1, dim=dim)
+
+    assert_matches_eager(Model(), torch.randn(2, 5, 7, 9), options=MANY_TILES)
+
+
+def test_bmm_and_matmul_with_leading_dims():
+    class Model(nn.Module):
+        def forward(self, a, b, c):
+            return torch.bmm(a, b) + 1, torch.matmul(c, b[0])
+
+    assert_matches_eager(Model(), torch.randn(6, 11, 8), torch.randn(6, 8, 13), torch.randn(2, 3, 5, 8),
+                         options=MANY_TILES)
+
+
+def test_masks_of_other_dtypes():
+    class Model(nn.Module):
+        def forward(self, x, mask):
+            keep = (mask > 0) & ~(x.sum(-1, keepdim=True) > 100)
+            y = x.masked_fill(~keep, float("-inf"))
+            return torch.where(keep, F.softmax(y, dim=-1), torch.zeros_like(y)), mask.to(torch.float32) * 2
+
+    mask = torch.randint(0, 2, (3, 1, 9), dtype=torch.int64)
+    assert_matches_eager(Model(), torch.randn(3, 4, 9), mask, options=MANY_TILES)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_scaled_dot_product_attention(causal, with_mask):
+    class Model(nn.Module):
+        def forward(self, q, k, v, mask):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask if with_mask else None,
+                                                  is_causal=causal and not with_mask)
+
+    q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16)
+    mask = torch.randn(13, 13)
+    assert_matches_eager(Model(), q, k, v, mask, options=MANY_TILES)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention(batch_first):
+    model = nn.MultiheadAttention(64, 4, batch_first=batch_first).eval()
+    x = torch.randn(2, 11, 64) if batch_first else torch.randn(11, 2, 64)
+    padding = torch.zeros(2, 11, dtype=torch.bool)
+    padding[1, 7:] = True
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = model
+
+        def forward(self, x):
+            return self.mha(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+
+    assert_matches_eager(Model().eval(), x, options=MANY_TILES)
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+@pytest.mark.parametrize("seq", [1, 19, 32])
+def test_gpt_block(use_sdpa, seq):
+    assert_matches_eager(GPTBlock(use_sdpa=use_sdpa).eval(), torch.randn(2, seq, 64), options=MANY_TILES)
