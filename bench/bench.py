@@ -1,6 +1,6 @@
 """Eager vs inductor vs aspen, side by side, in one process with interleaved repetitions.
 
-    python bench/bench.py            # ResNet-50 B1 and B32
+    python bench/bench.py            # ResNet-50 B1 and B32, BERT-base S128 B1 and B8
     python bench/bench.py --quick    # ResNet-50 B1 only, fewer runs (what the README demo prints)
 
 Medians (with min and max) over --runs timed calls after warmup; each round calls every
@@ -36,6 +36,36 @@ class Workload:
 
 def resnet50_workload(batch: int) -> Workload:
     return Workload(f"ResNet-50 B{batch} 224x224", resnet50, lambda: (torch.randn(batch, 3, 224, 224),))
+
+
+class BertBase(torch.nn.Module):
+    """transformers' BertModel with BertConfig() and random weights; returns last_hidden_state."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.bert = BertModel(BertConfig()).eval()
+
+    def forward(self, input_ids, attention_mask):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def bert_inputs(batch: int, seq: int) -> tuple:
+    ids = torch.randint(0, 30522, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[batch // 2:, seq * 3 // 4:] = 0  # half the batch padded
+    return ids, mask
+
+
+def bert_workload(batch: int, seq: int = 128) -> Workload:
+    return Workload(f"BERT-base S{seq} B{batch}", BertBase, lambda: bert_inputs(batch, seq))
+
+
+WORKLOADS = {
+    "resnet50-b1": lambda: resnet50_workload(1), "resnet50-b32": lambda: resnet50_workload(32),
+    "bert-b1": lambda: bert_workload(1), "bert-b8": lambda: bert_workload(8),
+}
 
 
 def inductor_freezing_backend(graph_module, example_inputs):
@@ -111,6 +141,7 @@ def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ResNet-50 B1 only, 5 runs")
+    parser.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS))
     parser.add_argument("--runs", type=int, default=None, help="timed calls per backend (default 10, quick 5)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -121,7 +152,11 @@ def main(argv=None) -> int:
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backends {sorted(unknown)}")
-    workloads = [resnet50_workload(1)] if args.quick else [resnet50_workload(1), resnet50_workload(32)]
+    names = args.workloads.split(",") if args.workloads else (["resnet50-b1"] if args.quick else list(WORKLOADS))
+    unknown = set(names) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}")
+    workloads = [WORKLOADS[n]() for n in names]
     runs = args.runs or (5 if args.quick else 10)
     rows = []
     for workload in workloads:

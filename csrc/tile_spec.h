@@ -25,6 +25,8 @@ namespace aspen {
 //   kCopy        tensors: out, input
 //   kRecord      tensors: log (int64 [1 + 2 * capacity]); ints: tile id. Appends (id, dse) to the log.
 //   kThreadProbe tensors: out (int64 [2]): [threads seen by at::parallel_for, at::get_num_threads()]
+//   kPackedLinear tensors: out [rows, cols], input [rows, k], oneDNN-packed weight of its columns,
+//                bias [cols] (may be undefined). A leading activation epilogue runs as a post-op.
 //   kAtenOp      aten_call: any ATen op and its arguments (views included); result
 //                `result_index` of its returns is copied into tensors[0]. tensors[1..]
 //                are the views it reads (for epilogue operands).
@@ -39,6 +41,7 @@ enum class TileKind : int32_t {
   kRecord = 7,
   kThreadProbe = 8,
   kAtenOp = 9,
+  kPackedLinear = 10,
 };
 
 enum class PointwiseOp : int32_t {

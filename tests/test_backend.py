@@ -58,7 +58,8 @@ def test_no_weight_reorder_during_execution(capfd):
     """oneDNN's verbose log lists every reorder primitive it runs; prepacked weights need none."""
     model = nn.Sequential(
         nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
-        nn.Conv2d(32, 64, 1, stride=2), nn.Conv2d(64, 64, 3, padding=1, groups=64)).eval()
+        nn.Conv2d(32, 64, 1, stride=2), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Flatten(1, 2),
+        nn.Linear(16, 96), nn.GELU(), nn.Linear(96, 24)).eval()
     compiled = compile_strict(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -69,4 +70,5 @@ def test_no_weight_reorder_during_execution(capfd):
     log = capfd.readouterr().out
     executed = [line for line in log.splitlines() if ",exec,cpu," in line]
     assert any(",convolution," in line for line in executed), "oneDNN verbose logging did not engage"
+    assert any(",inner_product," in line for line in executed), "linear layers run on packed weights"
     assert not [line for line in executed if ",reorder," in line]

@@ -42,6 +42,7 @@ class TileKind(enum.IntEnum):
     RECORD = 7
     THREAD_PROBE = 8
     ATEN_OP = 9
+    PACKED_LINEAR = 10
 
 
 class PointwiseOp(enum.IntEnum):

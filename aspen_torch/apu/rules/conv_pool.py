@@ -1,7 +1,6 @@
 """Convolution and pooling: output row bands (or batch chunks) whose input rows follow from the receptive field."""
 from __future__ import annotations
 
-import contextlib
 import operator
 
 import torch
@@ -9,6 +8,7 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import split_dims
+from ..prepack import pack_conv_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
@@ -44,17 +44,6 @@ def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_sh
     return out
 
 
-@contextlib.contextmanager
-def one_aten_thread():
-    """oneDNN picks weight layouts by thread count too; DSEs run with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _check_conv(node: fx.Node, is_frozen):
     x, w, b = node.args[0], node.args[1], node.args[2]
     if not is_frozen(w) or (b is not None and not is_frozen(b)):
@@ -86,14 +75,12 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     packed: dict[tuple[int, int, int], Region] = {}
 
     def weight_for(batch: int, rows: int, pad_h: int) -> list:
-        # Prepacked at compile time, as inductor's freezing does, into the blocked
-        # layout oneDNN picks for this input shape (for 1x1 convs it depends on the
-        # spatial size), so no tile reorders a weight. Tiles of one op share a few shapes.
+        # One packing per input shape a tile sees (for 1x1 convs the layout depends
+        # on the spatial size); the tiles of one op share a few shapes.
         key = (batch, rows, pad_h)
         if key not in packed:
-            with one_aten_thread():
-                weight_tensor = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight, [pad_h, padding[1]], list(stride), list(dilation), groups, [batch, c, rows, wd])
+            weight_tensor = pack_conv_weight(weight, [pad_h, padding[1]], stride, dilation, groups,
+                                             [batch, c, rows, wd])
             ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
             packed[key] = Region(ref, tuple((0, s) for s in weight.shape))
         return [packed[key], bias_region]

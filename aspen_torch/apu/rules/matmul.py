@@ -7,7 +7,8 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import split_range
 from ..registry import RULES, float32_only
-from ..tile_graph import Region, Tile, TileKind
+from ..prepack import pack_linear_weight
+from ..tile_graph import Region, TensorRef, Tile, TileKind
 
 aten = torch.ops.aten
 
@@ -16,8 +17,12 @@ MIN_COLUMNS_PER_TILE = 64
 
 
 def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
-    xref, wref = ctx.ref(x), ctx.ref(w)
+    """x [m, k] @ w [k, n] (+ bias). A frozen w (a linear layer's weight) is prepacked per
+    tile shape for oneDNN; a w computed at run time is read through a view by addmm / mm."""
+    xref = ctx.ref(x)
     bref = ctx.expand_to(ctx.ref(bias), (node_meta(node).shape[1],)) if bias is not None else None
+    frozen_w = ctx.constant(w)
+    wref = ctx.ref(w) if frozen_w is None else None
     out = ctx.new_buffer(node)
     m, n = out.shape
     k = xref.shape[1]
@@ -25,11 +30,21 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
     tiles = ctx.policy.num_tiles(flops, m * max(1, n // MIN_COLUMNS_PER_TILE))
     row_parts = min(tiles, m)
     col_parts = max(1, min(-(-tiles // row_parts), n // MIN_COLUMNS_PER_TILE))
+    packed: dict[tuple[int, int, int], Region] = {}
     for r0, r1 in split_range(m, row_parts):
         for c0, c1 in split_range(n, col_parts):
-            inputs = [Region(xref, ((r0, r1), (0, k))), Region(wref, ((0, k), (c0, c1))),
+            if frozen_w is None:
+                kind, weight = TileKind.LINEAR, Region(wref, ((0, k), (c0, c1)))
+            else:
+                key = (r1 - r0, c0, c1)
+                if key not in packed:
+                    weight_tensor = pack_linear_weight(frozen_w[:, c0:c1].t(), r1 - r0)
+                    ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
+                    packed[key] = Region(ref, ((0, c1 - c0), (0, k)))
+                kind, weight = TileKind.PACKED_LINEAR, packed[key]
+            inputs = [Region(xref, ((r0, r1), (0, k))), weight,
                       Region(bref, ((c0, c1),)) if bref is not None else None]
-            tile = Tile(TileKind.LINEAR, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target),
+            tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target),
                         node.name, flops * (r1 - r0) * (c1 - c0) / (m * n))
             ctx.add_tile(tile, fusible_for=node)
     return out
