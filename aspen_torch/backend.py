@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .apu import TilePolicy, lower_partition
-from .capture import CapturedGraph, capture
+from .capture import CapturedGraph, capture, parameter_or_buffer_inputs
 from .errors import AspenUnsupportedError
 from .execute import CompiledPartition
 from .options import AspenOptions
@@ -55,8 +55,10 @@ class _PerShapeCompiler:
     """Dynamo sent a graph with symbolic sizes; aspen plans static tiles, so it
     compiles once per concrete input signature seen at call time."""
 
-    def __init__(self, graph_module: fx.GraphModule, options: AspenOptions, report: CompileReport) -> None:
+    def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], options: AspenOptions,
+                 report: CompileReport) -> None:
         self._graph_module = graph_module
+        self._frozen_inputs = frozen_inputs
         self._options = options
         self._report = report
         self._compiled: dict[tuple, Callable] = {}
@@ -65,7 +67,7 @@ class _PerShapeCompiler:
         key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = capture(self._graph_module, args,
+            fn = capture(self._graph_module, args, self._frozen_inputs,
                          lambda captured: compile_captured(captured, self._options, self._report))
             self._compiled[key] = fn
         return fn(*args)
@@ -84,6 +86,8 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
         log.warning("aspen: graph runs in eager: %s", reason)
         report.fallback_ops["<whole graph: autograd>"] += 1
         return graph_module.forward
+    frozen_inputs = parameter_or_buffer_inputs(graph_module, example_inputs)
     if _has_symbolic_shapes(example_inputs):
-        return _PerShapeCompiler(graph_module, opts, report)
-    return capture(graph_module, example_inputs, lambda captured: compile_captured(captured, opts, report))
+        return _PerShapeCompiler(graph_module, frozen_inputs, opts, report)
+    return capture(graph_module, example_inputs, frozen_inputs,
+                   lambda captured: compile_captured(captured, opts, report))

@@ -29,23 +29,27 @@ def decomposition_table() -> dict:
     return {op: fn for op, fn in core_aten_decompositions().items() if op not in tiled}
 
 
-def _is_parameter_or_buffer(placeholder: fx.Node, example: object) -> bool:
-    if isinstance(example, torch.nn.Parameter):
-        return True
-    grapharg = placeholder.meta.get("grapharg")
-    return grapharg is not None and is_from_unspecialized_param_buffer_source(grapharg.source)
+def parameter_or_buffer_inputs(graph_module: fx.GraphModule, example_inputs: Sequence[object]) -> list[bool]:
+    """Which dynamo graph inputs are module parameters or buffers. Read from dynamo's
+    placeholder metadata, which is only there while dynamo calls the backend."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    flags = []
+    for placeholder, example in zip(placeholders, example_inputs):
+        grapharg = placeholder.meta.get("grapharg")
+        flags.append(isinstance(example, torch.nn.Parameter) or (
+            grapharg is not None and is_from_unspecialized_param_buffer_source(grapharg.source)))
+    return flags
 
 
-def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object],
+def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
             compile_captured: Callable[[CapturedGraph], Callable]) -> Callable:
-    """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`."""
+    """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`.
+    `frozen_inputs` (from parameter_or_buffer_inputs) marks the inputs to treat as constants."""
     # aot_module_simplified lifts the module's own parameters and buffers ahead of the inputs.
     lifted = [*dict(graph_module.named_parameters(remove_duplicate=False)).values(),
               *dict(graph_module.named_buffers(remove_duplicate=False)).values()]
-    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     flat = [*lifted, *example_inputs]
-    frozen_flags = [True] * len(lifted) + [
-        _is_parameter_or_buffer(p, x) for p, x in zip(placeholders, example_inputs)]
+    frozen_flags = [True] * len(lifted) + list(frozen_inputs)
 
     def inference_compiler(aten_graph: fx.GraphModule, _fake_inputs: list) -> Callable:
         count = sum(1 for n in aten_graph.graph.nodes if n.op == "placeholder")

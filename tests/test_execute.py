@@ -9,11 +9,23 @@ from helpers import compile_strict
 import aspen_torch
 from aspen_torch import AspenInputError
 from aspen_torch.execute import CompiledPartition
+from aspen_torch.models import resnet18
 
 
 def small_model():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(8, 4)).eval()
+
+
+def test_new_batch_on_a_second_instance_keeps_weights_frozen():
+    """Dynamo's second compile of the same code has symbolic shapes; aspen compiles per
+    concrete shape at call time, after dynamo dropped its metadata: BN buffers must still
+    be known as frozen (strict mode raises otherwise)."""
+    with torch.no_grad():
+        for batch in (1, 3):
+            model = resnet18()
+            x = torch.randn(batch, 3, 48, 40)
+            torch.testing.assert_close(compile_strict(model)(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_new_shapes_recompile_and_stay_correct():
