@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 
 from . import _C
-from .apu.tile_graph import Buffer, Region, TileGraph, apply_view_steps
+from .apu.tile_graph import AtenCall, Buffer, Region, TileGraph, apply_view_steps
 
 
 @dataclasses.dataclass
@@ -17,6 +17,26 @@ class Plan:
     output_views: list[torch.Tensor]  # a call copies its outputs from here
     buffers: list[torch.Tensor]  # keeps every activation buffer alive with the program
     activation_bytes: int
+
+
+def _out_variant(op: torch._ops.OpOverload) -> Optional[torch._ops.OpOverload]:
+    """The op's out= overload taking the same arguments plus `out`, if it has one."""
+    name = "out" if op._overloadname == "default" else f"{op._overloadname}_out"
+    out_op = getattr(op.overloadpacket, name, None)
+    if out_op is None or len(op._schema.returns) != 1:
+        return None
+    functional = [a.name for a in op._schema.arguments]
+    return out_op if [a.name for a in out_op._schema.arguments] == functional + ["out"] else None
+
+
+def _aten_call(call: AtenCall, out: torch.Tensor, views: "_Views") -> tuple:
+    """(op name, overload, arguments, result index) for the C++ tile. An out= overload writes
+    a contiguous output view in place; some ATen out= kernels (softmax) mishandle strided ones."""
+    op, args = call.op, views.arguments(call.args)
+    out_op = _out_variant(op) if call.result_index == 0 and out.is_contiguous() else None
+    if out_op is not None:
+        op, args = out_op, args + [out]
+    return (op._schema.name, op._schema.overload_name, args, call.result_index)
 
 
 def _allocate(buf: Buffer) -> torch.Tensor:
@@ -64,9 +84,7 @@ def plan(graph: TileGraph) -> Plan:
         epilogue = [(int(s.op), -1 if s.operand is None else s.operand, s.a, s.b) for s in tile.epilogue]
         entry = (int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})")
         if tile.aten_call is not None:
-            call = tile.aten_call
-            schema = call.op._schema
-            entry += ((schema.name, schema.overload_name, views.arguments(call.args), call.result_index),)
+            entry += (_aten_call(tile.aten_call, tensors[0], views),)
         tiles.append(entry)
     program = _C.make_program(tiles, graph.edges)
     output_views = [apply_view_steps(views.buffer(ref.buffer), ref.steps) for ref in graph.output_refs]
