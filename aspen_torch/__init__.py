@@ -7,6 +7,7 @@ from .backend import aspen_backend
 from .errors import AspenError, AspenInputError, AspenUnsupportedError
 from .explain import explain
 from .report import CompileReport
+from .requests import submit
 from .runtime import runtime_stats, set_num_dses
 from .trace import Trace, trace
 
@@ -14,6 +15,6 @@ if "aspen" not in torch._dynamo.list_backends(exclude_tags=()):
     torch._dynamo.register_backend(aspen_backend, name="aspen")
 
 __all__ = [
-    "aspen_backend", "explain", "runtime_stats", "set_num_dses", "trace", "Trace", "CompileReport",
+    "aspen_backend", "explain", "runtime_stats", "set_num_dses", "submit", "trace", "Trace", "CompileReport",
     "AspenError", "AspenInputError", "AspenUnsupportedError",
 ]

@@ -7,6 +7,7 @@ import torch
 
 from .errors import AspenInputError
 from .plan import Plan
+from .requests import current_request_is_urgent
 from .runtime import SHARED_RUNTIME
 
 
@@ -44,7 +45,7 @@ class CompiledPartition(torch.nn.Module):
         with self._lock, torch.no_grad():
             for buf, arg in zip(self.plan.input_buffers, args):
                 buf.copy_(arg)
-            runtime.run(self.plan.program)
+            runtime.run(self.plan.program, current_request_is_urgent())
             # Fresh outputs with eager's strides: the buffers are reused by the next call.
             outputs = tuple(
                 torch.empty_strided(shape, stride, dtype=dtype).copy_(view)

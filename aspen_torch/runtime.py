@@ -1,6 +1,7 @@
 """The process-wide runtime: one set of DSEs and one ready pool shared by every compiled model."""
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from typing import Optional
 
@@ -11,9 +12,20 @@ from .options import default_num_dses
 class SharedRuntime:
     """Creates the C++ runtime on first use; every compiled partition runs on it."""
 
+    # Request threads only wait (GIL released) while DSEs compute, so a few dozen are cheap.
+    MAX_REQUEST_THREADS = 32
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runtime: Optional[_C.Runtime] = None
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def request_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self.MAX_REQUEST_THREADS, thread_name_prefix="aspen-request")
+            return self._executor
 
     def get(self, num_dses: Optional[int] = None) -> "_C.Runtime":
         with self._lock:

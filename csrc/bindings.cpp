@@ -62,9 +62,9 @@ std::shared_ptr<Program> make_program(const std::vector<pybind11::tuple>& tiles,
   return std::make_shared<Program>(std::move(specs), edges);
 }
 
-void run_program(Runtime& runtime, const std::shared_ptr<Program>& program) {
+void run_program(Runtime& runtime, const std::shared_ptr<Program>& program, bool urgent) {
   pybind11::gil_scoped_release no_gil;
-  runtime.submit(program)->wait();
+  runtime.submit(program, urgent)->wait();
 }
 
 std::vector<std::tuple<uintptr_t, int32_t, std::string, int32_t, int64_t, int64_t>> stop_trace(Runtime& runtime) {
@@ -94,7 +94,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_num_dses", &Runtime::set_num_dses, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_property_readonly("num_dses", &Runtime::num_dses)
       .def("tiles_per_dse", &Runtime::tiles_per_dse)
-      .def("run", &run_program, "Runs one request of the program and waits for it; raises the first tile error.")
+      .def("run", &run_program, pybind11::arg("program"), pybind11::arg("urgent") = false,
+           "Runs one request of the program and waits for it; raises the first tile error.")
       .def("start_trace", &Runtime::start_trace)
       .def("stop_trace", &stop_trace,
            "Stops tracing; returns (program, tile, label, dse, start_ns, end_ns) per tile run meanwhile.");

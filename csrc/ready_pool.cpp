@@ -10,11 +10,17 @@ void ReadyPool::note_row_used(int row) {
   }
 }
 
-void ReadyPool::push(int row, ReadyTile item) {
+void ReadyPool::push(int row, ReadyTile item, bool root) {
   {
     std::lock_guard<std::mutex> lock(rows_[row].mu);
-    rows_[row].items.push_back(item);
+    std::deque<ReadyTile>& items = item.urgent ? rows_[row].urgent : rows_[row].normal;
+    if (root) {
+      items.push_front(item);
+    } else {
+      items.push_back(item);
+    }
   }
+  if (item.urgent) urgent_size_.fetch_add(1, std::memory_order_relaxed);
   // seq_cst pairs with wait_for_work: either this load sees the sleeper's
   // increment, or the sleeper's load of size_ sees this increment. So a DSE
   // never sleeps while an item it could take is in the pool.
@@ -25,30 +31,37 @@ void ReadyPool::push(int row, ReadyTile item) {
   }
 }
 
-bool ReadyPool::pop_back(Row& row, ReadyTile* out) {
+bool ReadyPool::take(Row& row, bool urgent, bool newest, ReadyTile* out) {
   std::lock_guard<std::mutex> lock(row.mu);
-  if (row.items.empty()) return false;
-  *out = row.items.back();
-  row.items.pop_back();
+  std::deque<ReadyTile>& items = urgent ? row.urgent : row.normal;
+  if (items.empty()) return false;
+  if (newest) {
+    *out = items.back();
+    items.pop_back();
+  } else {
+    *out = items.front();
+    items.pop_front();
+  }
   return true;
 }
 
-bool ReadyPool::pop_front(Row& row, ReadyTile* out) {
-  std::lock_guard<std::mutex> lock(row.mu);
-  if (row.items.empty()) return false;
-  *out = row.items.front();
-  row.items.pop_front();
-  return true;
+bool ReadyPool::try_pop_level(int row, bool urgent, ReadyTile* out) {
+  if (take(rows_[row], urgent, /*newest=*/true, out)) return true;
+  const int used = rows_used_.load(std::memory_order_acquire);
+  for (int i = 1; i < used; ++i) {
+    if (take(rows_[(row + i) % used], urgent, /*newest=*/false, out)) return true;
+  }
+  return false;
 }
 
 bool ReadyPool::try_pop(int row, ReadyTile* out) {
   if (size_.load(std::memory_order_relaxed) == 0) return false;
-  bool found = pop_back(rows_[row], out);
-  const int used = rows_used_.load(std::memory_order_acquire);
-  for (int i = 1; !found && i <= used; ++i) {
-    const int victim = (row + i) % used;
-    if (victim != row) found = pop_front(rows_[victim], out);
+  if (urgent_size_.load(std::memory_order_relaxed) > 0 && try_pop_level(row, /*urgent=*/true, out)) {
+    urgent_size_.fetch_sub(1, std::memory_order_relaxed);
+    size_.fetch_sub(1, std::memory_order_relaxed);
+    return true;
   }
+  const bool found = try_pop_level(row, /*urgent=*/false, out);
   if (found) size_.fetch_sub(1, std::memory_order_relaxed);
   return found;
 }

@@ -1,6 +1,8 @@
-// The ready pool: one queue per DSE holding tiles whose dependencies are met,
+// The ready pool: one row per DSE holding tiles whose dependencies are met,
 // regardless of which program (tenant) they belong to. A DSE pops its own row
 // newest-first (depth-first, hot caches) and steals from other rows oldest-first.
+// Each row has an urgent queue for tiles of high-priority requests, searched
+// (own row, then the others) before any normal queue.
 #pragma once
 
 #include <atomic>
@@ -17,13 +19,19 @@ class Request;
 struct ReadyTile {
   Request* request;
   int32_t tile;
+  bool urgent = false;  // from a high-priority request
 };
 
 class ReadyPool {
  public:
   explicit ReadyPool(int max_rows);
 
-  void push(int row, ReadyTile item);
+  // A tile made ready by its parent goes to the back (its DSE takes it next, depth-first);
+  // a request's root goes to the front, so work already under way is finished first
+  // and new requests cannot starve old ones.
+  void push(int row, ReadyTile item, bool root = false);
+  // Whether tiles of a high-priority request are waiting (a relaxed hint).
+  bool has_urgent() const { return urgent_size_.load(std::memory_order_relaxed) > 0; }
   // Own row first, then the other rows; false when the pool looked empty.
   bool try_pop(int row, ReadyTile* out);
   // Blocks until an item may be available or `stop` is set.
@@ -37,16 +45,19 @@ class ReadyPool {
  private:
   struct alignas(64) Row {
     std::mutex mu;
-    std::deque<ReadyTile> items;
+    std::deque<ReadyTile> urgent;
+    std::deque<ReadyTile> normal;
   };
 
-  bool pop_back(Row& row, ReadyTile* out);
-  bool pop_front(Row& row, ReadyTile* out);
+  // newest: take the back (own row), else the front (stealing).
+  static bool take(Row& row, bool urgent, bool newest, ReadyTile* out);
+  bool try_pop_level(int row, bool urgent, ReadyTile* out);
 
   const int max_rows_;
   std::unique_ptr<Row[]> rows_;
   std::atomic<int> rows_used_{0};
   std::atomic<int64_t> size_{0};
+  std::atomic<int64_t> urgent_size_{0};
   std::atomic<int> sleepers_{0};
   std::mutex sleep_mu_;
   std::condition_variable sleep_cv_;

@@ -4,8 +4,9 @@
 
 namespace aspen {
 
-Request::Request(std::shared_ptr<const Program> program)
+Request::Request(std::shared_ptr<const Program> program, bool urgent)
     : program_(std::move(program)),
+      urgent_(urgent),
       pending_deps_(new std::atomic<int32_t>[program_->num_tiles()]),
       tiles_left_(program_->num_tiles()) {
   for (int32_t i = 0; i < program_->num_tiles(); ++i)

@@ -14,10 +14,11 @@ namespace aspen {
 
 class Request {
  public:
-  explicit Request(std::shared_ptr<const Program> program);
+  Request(std::shared_ptr<const Program> program, bool urgent);
 
   const Program& program() const { return *program_; }
   const std::shared_ptr<const Program>& program_ptr() const { return program_; }
+  bool urgent() const { return urgent_; }
 
   // Returns true when `child` became ready through this decrement.
   bool release_dependency(int32_t child) {
@@ -41,6 +42,7 @@ class Request {
 
  private:
   std::shared_ptr<const Program> program_;
+  const bool urgent_;
   std::unique_ptr<std::atomic<int32_t>[]> pending_deps_;
   std::atomic<int64_t> tiles_left_;
   std::atomic<bool> failed_{false};

@@ -70,8 +70,8 @@ void Runtime::set_num_dses(int num_dses) {
   }
 }
 
-std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program) {
-  auto request = std::make_shared<Request>(std::move(program));
+std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program, bool urgent) {
+  auto request = std::make_shared<Request>(std::move(program), urgent);
   const Program& p = request->program();
   if (p.num_tiles() == 0) {
     request->mark_done();
@@ -82,7 +82,7 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program)
   const int rows = std::max(1, num_dses());
   for (int32_t root : p.roots()) {
     const int row = static_cast<int>(next_root_row_.fetch_add(1, std::memory_order_relaxed) % rows);
-    pool_.push(row, ReadyTile{request.get(), root});
+    pool_.push(row, ReadyTile{request.get(), root, urgent}, /*root=*/true);
   }
   return request;
 }
@@ -145,13 +145,13 @@ ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
     }
   }
   // Depth-first: keep one newly ready child for this DSE, publish the rest.
-  ReadyTile next{nullptr, -1};
+  ReadyTile next{nullptr, -1, false};
   for (const int32_t* c = program.children_begin(item.tile); c != program.children_end(item.tile); ++c) {
     if (!request->release_dependency(*c)) continue;
     if (next.request == nullptr) {
-      next = ReadyTile{request, *c};
+      next = ReadyTile{request, *c, request->urgent()};
     } else {
-      pool_.push(index, ReadyTile{request, *c});
+      pool_.push(index, ReadyTile{request, *c, request->urgent()});
     }
   }
   // Nothing touches `request` after its last tile finishes: the waiter may free it.
@@ -161,12 +161,17 @@ ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
 
 void Runtime::dse_main(int index, Dse* self) {
   c10::InferenceMode inference_mode;
-  ReadyTile item{nullptr, -1};
+  ReadyTile item{nullptr, -1, false};
   while (true) {
     if (self->stop.load()) {
       // A retiring DSE hands its continuation back so another DSE runs it.
       if (item.request != nullptr) pool_.push(index, item);
       return;
+    }
+    // Depth-first continuation, unless a high-priority request is waiting.
+    if (item.request != nullptr && !item.urgent && pool_.has_urgent()) {
+      pool_.push(index, item);
+      item = ReadyTile{nullptr, -1, false};
     }
     if (item.request == nullptr && !pool_.try_pop(index, &item)) {
       pool_.wait_for_work(self->stop);

@@ -37,7 +37,8 @@ class Runtime {
   int num_dses() const;
 
   // Queues the program's root tiles; the caller waits on the returned Request.
-  std::shared_ptr<Request> submit(std::shared_ptr<const Program> program);
+  // Tiles of an urgent request are taken before any other ready tile.
+  std::shared_ptr<Request> submit(std::shared_ptr<const Program> program, bool urgent = false);
 
   std::vector<int64_t> tiles_per_dse() const;
 

@@ -1,14 +1,17 @@
 """Several compiled models (tenants) called from several threads share one runtime."""
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import time
 
+import pytest
 import torch
 import torch.nn as nn
 from helpers import compile_strict
 
 import aspen_torch
-from aspen_torch.models import GPTBlock, SmallCNN
+from aspen_torch.models import GPTBlock, SmallCNN, resnet18
 
 
 def test_threads_times_models_match_eager_and_interleave():
@@ -42,3 +45,71 @@ def test_threads_times_models_match_eager_and_interleave():
     assert len(programs) == len(models), "every tenant's tiles ran on the shared DSEs"
     for dse in {e.dse for e in recorded.events}:
         assert len({e.program for e in recorded.events if e.dse == dse}) > 1, "tenants interleave on a DSE"
+
+
+def test_submit_returns_futures_that_match_eager():
+    models = [SmallCNN().eval(), GPTBlock().eval()]
+    inputs = [torch.randn(2, 3, 33, 29), torch.randn(2, 17, 64)]
+    compiled = [compile_strict(m) for m in models]
+    with torch.no_grad():
+        expected = [m(x) for m, x in zip(models, inputs)]
+    futures = [aspen_torch.submit(compiled[i % 2], inputs[i % 2]) for i in range(12)]
+    done, not_done = concurrent.futures.wait(futures, timeout=300)
+    assert not not_done
+    for i, f in enumerate(futures):
+        torch.testing.assert_close(f.result(), expected[i % 2], rtol=1e-4, atol=1e-4)
+
+
+def test_submit_surfaces_errors_in_the_future():
+    compiled = compile_strict(nn.Linear(4, 2).eval())
+    with torch.no_grad():
+        compiled(torch.randn(3, 4))
+    future = aspen_torch.submit(compiled, "not a tensor")
+    with pytest.raises(Exception):
+        future.result(timeout=300)
+
+
+def test_urgent_request_overtakes_a_running_one():
+    aspen_torch.set_num_dses(1)
+    try:
+        slow_model, fast_model = resnet18(), SmallCNN().eval()
+        slow_x, fast_x = torch.randn(8, 3, 128, 128), torch.randn(1, 3, 33, 29)
+        slow, fast = compile_strict(slow_model), compile_strict(fast_model)
+        with torch.no_grad():
+            slow(slow_x)
+            fast(fast_x)
+            expected = fast_model(fast_x)
+        with aspen_torch.trace() as recorded:
+            background = aspen_torch.submit(slow, slow_x)
+            time.sleep(0.05)  # the slow request is under way
+            urgent = aspen_torch.submit(fast, fast_x, priority=1)
+            torch.testing.assert_close(urgent.result(timeout=300), expected, rtol=1e-4, atol=1e-4)
+            assert not background.done(), "the urgent request finished while the other still ran"
+            background.result(timeout=300)
+        by_program = {}
+        for e in recorded.events:
+            by_program.setdefault(e.program, []).append(e)
+        assert len(by_program) == 2
+        urgent_events, slow_events = sorted(by_program.values(), key=len)  # the small model has fewer tiles
+        first, last = min(e.start_ns for e in urgent_events), max(e.end_ns for e in urgent_events)
+        started_between = [e for e in slow_events if first < e.start_ns < last]
+        assert not started_between, "no tile of the normal request starts while the urgent one runs"
+    finally:
+        aspen_torch.set_num_dses(2)
+
+
+def test_resizing_under_load_keeps_every_result():
+    models = [SmallCNN().eval(), GPTBlock().eval()]
+    inputs = [torch.randn(3, 3, 33, 29), torch.randn(2, 17, 64)]
+    compiled = [compile_strict(m) for m in models]
+    with torch.no_grad():
+        expected = [m(x) for m, x in zip(models, inputs)]
+    futures = []
+    try:
+        for size in [1, 2, 1, 3, 1, 2]:
+            futures += [aspen_torch.submit(compiled[i % 2], inputs[i % 2]) for i in range(6)]
+            aspen_torch.set_num_dses(size)
+        for i, f in enumerate(futures):
+            torch.testing.assert_close(f.result(timeout=300), expected[i % 2], rtol=1e-4, atol=1e-4)
+    finally:
+        aspen_torch.set_num_dses(2)
