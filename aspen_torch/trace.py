@@ -78,3 +78,42 @@ def trace(path: Optional[Union[str, Path]] = None) -> Iterator[Trace]:
         recorded.events.sort(key=lambda e: e.start_ns)
         if path is not None:
             recorded.write_chrome_trace(path)
+
+
+def plot_trace(trace_or_path: Union[Trace, str, Path], out_png: Union[str, Path], color_by: str = "op") -> None:
+    """Draws a per-DSE Gantt chart of a Trace (or of a Chrome trace JSON written by `trace`),
+    one bar per tile, coloured by op or by tenant (program). Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if color_by not in ("op", "tenant"):
+        raise ValueError(f"color_by must be 'op' or 'tenant', got {color_by!r}")
+    if isinstance(trace_or_path, Trace):
+        rows = [(e.dse, e.start_ns / 1e6, (e.end_ns - e.start_ns) / 1e6, e.op, hex(e.program))
+                for e in trace_or_path.events]
+    else:
+        data = json.loads(Path(trace_or_path).read_text())
+        rows = [(e["tid"], e["ts"] / 1e3, e["dur"] / 1e3, e["cat"], e["args"]["program"])
+                for e in data["traceEvents"] if e.get("ph") == "X"]
+    if not rows:
+        raise ValueError("the trace has no tiles")
+    origin = min(r[1] for r in rows)
+    keys = sorted({r[3] if color_by == "op" else r[4] for r in rows})
+    cmap = plt.get_cmap("tab20")
+    colors = {k: cmap(i % 20) for i, k in enumerate(keys)}
+    dses = sorted({r[0] for r in rows})
+    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * len(dses)))
+    for dse, start, duration, op, program in rows:
+        key = op if color_by == "op" else program
+        ax.barh(dse, duration, left=start - origin, height=0.8, color=colors[key], linewidth=0)
+    ax.set_yticks(dses, [f"DSE {d}" for d in dses])
+    ax.set_xlabel("ms")
+    ax.invert_yaxis()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in keys]
+    ax.legend(handles, [k.replace("aten.", "") for k in keys], loc="upper center", bbox_to_anchor=(0.5, -0.35),
+              ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)

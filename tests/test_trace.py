@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn as nn
 from helpers import compile_strict
@@ -32,3 +33,20 @@ def test_trace_records_every_tile(tmp_path):
     slices = [e for e in data["traceEvents"] if e["ph"] == "X"]
     assert len(slices) == report.num_tiles
     assert all({"name", "cat", "ts", "dur", "tid"} <= set(e) for e in slices)
+
+
+def test_plot_trace_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    compiled = compile_strict(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        compiled(x)
+        with aspen_torch.trace(tmp_path / "t.json") as recorded:
+            compiled(x)
+    for source, color_by in [(recorded, "op"), (tmp_path / "t.json", "tenant")]:
+        out = tmp_path / f"{color_by}.png"
+        aspen_torch.plot_trace(source, out, color_by=color_by)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        aspen_torch.plot_trace(recorded, tmp_path / "x.png", color_by="dse")

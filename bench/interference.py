@@ -1,0 +1,86 @@
+"""Latency when another process competes for a core: aspen vs eager vs inductor+freezing.
+
+    HF_HUB_OFFLINE=1 python bench/interference.py [--runs 10]
+
+Loads: none; an unpinned single-threaded torch matmul loop; a busy loop pinned to core 1
+(`taskset -c 1`). Every backend runs at 1 and 2 threads (aspen: DSEs), interleaved, so
+each load hits all of them alike. Barrier-based runtimes wait at every op for a preempted
+thread; aspen's DSEs steal the preempted DSE's ready tiles.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+import aspen_torch  # noqa: E402
+
+LOADS = {
+    "none": None,
+    "matmul loop": [sys.executable, "-c",
+                    "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True: a @ a"],
+    "busy loop on core 1": ["taskset", "-c", "1", sys.executable, "-c", "while True: pass"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("taskset") is None:
+        del LOADS["busy loop on core 1"]
+    torch.manual_seed(0)
+    torch._dynamo.config.cache_size_limit = 64
+    workloads = [bench.resnet50_workload(1), bench.bert_workload(1)]
+    rows = []
+    for workload in workloads:
+        model, inputs = workload.make_model(), workload.make_inputs()
+        with torch.no_grad():
+            fns = {"eager": model, "inductor+freezing": bench.compile_inductor_freezing(model),
+                   "aspen": torch.compile(model, backend="aspen", options={"strict": True})}
+            for fn in fns.values():
+                fn(*inputs)
+            for load, command in LOADS.items():
+                process = subprocess.Popen(command) if command else None
+                try:
+                    time.sleep(1.0 if command else 0.0)
+                    times = {(name, threads): [] for name in fns for threads in (1, 2)}
+                    for _ in range(args.runs + 1):  # the first round warms up
+                        for (name, threads), samples in times.items():
+                            if name == "aspen":
+                                aspen_torch.set_num_dses(threads)
+                            else:
+                                torch.set_num_threads(threads)
+                            start = time.perf_counter()
+                            fns[name](*inputs)
+                            samples.append(time.perf_counter() - start)
+                finally:
+                    if process is not None:
+                        process.kill()
+                        process.wait()
+                torch.set_num_threads(2)
+                aspen_torch.set_num_dses(2)
+                medians = {k: statistics.median(v[1:]) * 1e3 for k, v in times.items()}
+                best_baseline = min(v for (name, _), v in medians.items() if name != "aspen")
+                aspen2 = medians[("aspen", 2)]
+                rows.append([workload.name, load] + [f"{medians[(n, t)]:.1f}" for n in fns for t in (1, 2)] +
+                            [f"{medians[('inductor+freezing', 2)] / aspen2:.2f}x", f"{best_baseline / aspen2:.2f}x"])
+    print(f"medians of {args.runs} interleaved runs, ms")
+    print(tabulate(rows, headers=["workload", "load", "eager 1T", "eager 2T", "ind+frz 1T", "ind+frz 2T",
+                                  "aspen 1 DSE", "aspen 2 DSEs", "aspen(2) vs ind+frz(2T)", "aspen(2) vs best"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
