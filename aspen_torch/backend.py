@@ -33,7 +33,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
             tile_graph = lower_partition(part.graph_module, part.inputs, policy)
             compiled_plan = plan(tile_graph)
         outputs = next(n for n in part.graph_module.graph.nodes if n.op == "output").args[0]
-        compiled = CompiledPartition(part.name, compiled_plan, tile_graph.input_meta, tile_graph.output_meta,
+        compiled = CompiledPartition(part.name, tile_graph, compiled_plan,
                                      single_output=not isinstance(outputs, (tuple, list)))
         setattr(partitioned.graph_module, part.name, compiled)
         report.num_partitions += 1

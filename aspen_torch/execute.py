@@ -1,12 +1,13 @@
-"""Execution: a compiled partition as a callable that validates inputs and runs its Plan on the shared runtime."""
+"""Execution: a compiled partition as a callable that validates inputs and runs a Plan on the shared runtime."""
 from __future__ import annotations
 
 import threading
 
 import torch
 
+from .apu.tile_graph import TileGraph
 from .errors import AspenInputError
-from .plan import Plan
+from .plan import Plan, plan
 from .requests import current_request_is_urgent
 from .runtime import SHARED_RUNTIME
 
@@ -14,16 +15,30 @@ from .runtime import SHARED_RUNTIME
 class CompiledPartition(torch.nn.Module):
     """Runs one aspen partition. Called by the outer fx graph in place of the fused submodule."""
 
-    def __init__(self, name: str, plan: Plan, input_meta: list[torch.Tensor], output_meta: list[torch.Tensor],
-                 single_output: bool):
+    def __init__(self, name: str, tile_graph: TileGraph, first_plan: Plan, single_output: bool):
         super().__init__()
         self.name = name
         self._single_output = single_output
-        self.plan = plan
-        self._input_specs = [(tuple(m.shape), m.dtype, m.device) for m in input_meta]
-        self._output_specs = [(tuple(m.shape), tuple(m.stride()), m.dtype) for m in output_meta]
-        # The plan's buffers are shared by its calls, so calls of one partition take turns.
-        self._lock = threading.Lock()
+        self._tile_graph = tile_graph
+        self._input_specs = [(tuple(m.shape), m.dtype, m.device) for m in tile_graph.input_meta]
+        self._output_specs = [(tuple(m.shape), tuple(m.stride()), m.dtype) for m in tile_graph.output_meta]
+        # A call holds a plan (its activation buffers) alone; concurrent calls get plans of
+        # their own, planned on first need and kept for reuse. Weights are shared by all.
+        self._free_plans: list[Plan] = [first_plan]
+        self._plans_lock = threading.Lock()
+        self.num_plans = 1
+
+    def _take_plan(self) -> Plan:
+        with self._plans_lock:
+            if self._free_plans:
+                return self._free_plans.pop()
+            self.num_plans += 1
+        with torch.no_grad():
+            return plan(self._tile_graph)
+
+    def _give_back(self, taken: Plan) -> None:
+        with self._plans_lock:
+            self._free_plans.append(taken)
 
     def _check_inputs(self, args: tuple) -> None:
         if len(args) != len(self._input_specs):
@@ -42,13 +57,17 @@ class CompiledPartition(torch.nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check_inputs(args)
         runtime = SHARED_RUNTIME.get()
-        with self._lock, torch.no_grad():
-            for buf, arg in zip(self.plan.input_buffers, args):
-                buf.copy_(arg)
-            runtime.run(self.plan.program, current_request_is_urgent())
-            # Fresh outputs with eager's strides: the buffers are reused by the next call.
-            outputs = tuple(
-                torch.empty_strided(shape, stride, dtype=dtype).copy_(view)
-                for (shape, stride, dtype), view in zip(self._output_specs, self.plan.output_views)
-            )
+        taken = self._take_plan()
+        try:
+            with torch.no_grad():
+                for buf, arg in zip(taken.input_buffers, args):
+                    buf.copy_(arg)
+                runtime.run(taken.program, current_request_is_urgent())
+                # Fresh outputs with eager's strides: the buffers are reused by the next call.
+                outputs = tuple(
+                    torch.empty_strided(shape, stride, dtype=dtype).copy_(view)
+                    for (shape, stride, dtype), view in zip(self._output_specs, taken.output_views)
+                )
+        finally:
+            self._give_back(taken)
         return outputs[0] if self._single_output else outputs

@@ -37,7 +37,7 @@ def inputs(config, batch: int, seq: int):
 SMALL = dict(num_hidden_layers=2)
 
 
-@pytest.mark.parametrize("batch,seq", [(1, 128), (3, 128), (1, 37), (3, 37)])
+@pytest.mark.parametrize("batch,seq", [(1, 128), (3, 128), (8, 128), (1, 37), (3, 37)])
 def test_bert_small(batch, seq):
     config = transformers.BertConfig(**SMALL)
     report = assert_matches_eager(BertOutputs(config), *inputs(config, batch, seq))

@@ -42,7 +42,8 @@ def test_threads_times_models_match_eager_and_interleave():
             t.join()
     assert not errors, errors
     programs = {e.program for e in recorded.events}
-    assert len(programs) == len(models), "every tenant's tiles ran on the shared DSEs"
+    # Overlapping calls of one model run on plans (programs) of their own.
+    assert len(programs) >= len(models), "every tenant's tiles ran on the shared DSEs"
     for dse in {e.dse for e in recorded.events}:
         assert len({e.program for e in recorded.events if e.dse == dse}) > 1, "tenants interleave on a DSE"
 
@@ -113,3 +114,16 @@ def test_resizing_under_load_keeps_every_result():
             torch.testing.assert_close(f.result(timeout=300), expected[i % 2], rtol=1e-4, atol=1e-4)
     finally:
         aspen_torch.set_num_dses(2)
+
+
+def test_one_model_called_from_many_threads_at_once():
+    """Concurrent calls of one compiled model each get their own activation buffers."""
+    model = GPTBlock().eval()
+    compiled = compile_strict(model)
+    inputs = [torch.randn(2, 17, 64) for _ in range(8)]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+        compiled(inputs[0])
+    futures = [aspen_torch.submit(compiled, x) for x in inputs * 3]
+    for i, f in enumerate(futures):
+        torch.testing.assert_close(f.result(timeout=300), expected[i % len(inputs)], rtol=1e-4, atol=1e-4)
