@@ -42,6 +42,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
         report.tiles_per_op.update(tile_graph.tiles_per_op())
         report.activation_bytes += compiled_plan.activation_bytes
         report.tile_graphs.append(tile_graph)
+        report.program_ids.append(compiled_plan.program.id)
     partitioned.graph_module.recompile()
     return partitioned.graph_module
 

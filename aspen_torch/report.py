@@ -4,7 +4,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from typing import Optional
+
 from .apu.tile_graph import TileGraph
+from .scaling import ScalingReport
 
 
 @dataclasses.dataclass
@@ -17,6 +20,8 @@ class CompileReport:
     num_graphs: int = 0
     activation_bytes: int = 0
     tile_graphs: list[TileGraph] = dataclasses.field(default_factory=list)
+    program_ids: list[int] = dataclasses.field(default_factory=list)  # the first plan's, per tile graph
+    scaling: Optional[ScalingReport] = None  # explain(..., measure_runs=N) fills it
 
     def __str__(self) -> str:
         lines = [
@@ -31,4 +36,6 @@ class CompileReport:
             lines += [f"  {op:<48} {n:>6}" for op, n in sorted(self.fallback_ops.items())]
         else:
             lines.append("no op fell back to eager")
+        if self.scaling is not None:
+            lines += ["scaling on paper (measured tile times, simulated schedules):", str(self.scaling)]
         return "\n".join(lines)

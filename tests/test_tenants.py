@@ -127,3 +127,20 @@ def test_one_model_called_from_many_threads_at_once():
     futures = [aspen_torch.submit(compiled, x) for x in inputs * 3]
     for i, f in enumerate(futures):
         torch.testing.assert_close(f.result(timeout=300), expected[i % len(inputs)], rtol=1e-4, atol=1e-4)
+
+
+def test_submit_works_with_asyncio():
+    import asyncio
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4)).eval()
+    compiled = compile_strict(model)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        expected = model(x)
+        compiled(x)
+
+    async def serve():
+        return await asyncio.gather(*(asyncio.wrap_future(aspen_torch.submit(compiled, x)) for _ in range(4)))
+
+    for result in asyncio.run(serve()):
+        torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
