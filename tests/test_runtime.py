@@ -61,26 +61,33 @@ def test_wide_graph_spreads_over_dses():
     assert all(torch.equal(o, src) for o in outs)
 
 
-def test_program_reuse_and_concurrent_requests():
-    runtime = _C.Runtime(3)
-    rng = random.Random(7)
-    errors = []
+def random_request_clients(runtime, num_clients: int, keep_going) -> tuple[list, list]:
+    """Threads that run random DAG requests on `runtime` and check each, while
+    keep_going(requests_done) is true. Returns (threads, errors)."""
+    errors: list = []
 
-    def client(seed):
-        local = random.Random(seed)
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        done = 0
         try:
-            for _ in range(200):
-                n = local.randint(1, 30)
-                edges = random_dag(local, n, 0.2)
+            while keep_going(done):
+                n = rng.randint(1, 40)
+                edges = random_dag(rng, n, 0.15)
                 program, log = record_program(n, edges)
                 runtime.run(program)
                 check_log(log, n, edges)
-        except Exception as e:  # surfaced below; a thread cannot fail the test itself
+                done += 1
+        except Exception as e:  # surfaced by the caller; a thread cannot fail the test itself
             errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(rng.random(),)) for _ in range(4)]
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(num_clients)]
     for t in threads:
         t.start()
+    return threads, errors
+
+
+def test_program_reuse_and_concurrent_requests():
+    threads, errors = random_request_clients(_C.Runtime(3), 4, lambda done: done < 200)
     for t in threads:
         t.join()
     assert not errors, errors
@@ -89,23 +96,7 @@ def test_program_reuse_and_concurrent_requests():
 def test_resize_while_requests_run():
     runtime = _C.Runtime(1)
     stop = threading.Event()
-    errors = []
-
-    def client():
-        local = random.Random(3)
-        try:
-            while not stop.is_set():
-                n = local.randint(1, 40)
-                edges = random_dag(local, n, 0.15)
-                program, log = record_program(n, edges)
-                runtime.run(program)
-                check_log(log, n, edges)
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for t in threads:
-        t.start()
+    threads, errors = random_request_clients(runtime, 3, lambda done: not stop.is_set())
     for size in [2, 1, 3, 1, 4, 2] * 5:
         runtime.set_num_dses(size)
         assert runtime.num_dses == size
