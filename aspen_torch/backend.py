@@ -36,13 +36,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
         compiled = CompiledPartition(part.name, tile_graph, compiled_plan,
                                      single_output=not isinstance(outputs, (tuple, list)))
         setattr(partitioned.graph_module, part.name, compiled)
-        report.num_partitions += 1
-        report.num_tiles += len(tile_graph.tiles)
-        report.num_edges += len(tile_graph.edges)
-        report.tiles_per_op.update(tile_graph.tiles_per_op())
-        report.activation_bytes += compiled_plan.activation_bytes
-        report.tile_graphs.append(tile_graph)
-        report.program_ids.append(compiled_plan.program.id)
+        report.record_partition(tile_graph, compiled_plan.activation_bytes, compiled_plan.program.id)
     partitioned.graph_module.recompile()
     return partitioned.graph_module
 

@@ -23,6 +23,15 @@ class CompileReport:
     program_ids: list[int] = dataclasses.field(default_factory=list)  # the first plan's, per tile graph
     scaling: Optional[ScalingReport] = None  # explain(..., measure_runs=N) fills it
 
+    def record_partition(self, tile_graph: TileGraph, activation_bytes: int, program_id: int) -> None:
+        self.num_partitions += 1
+        self.num_tiles += len(tile_graph.tiles)
+        self.num_edges += len(tile_graph.edges)
+        self.tiles_per_op.update(tile_graph.tiles_per_op())
+        self.activation_bytes += activation_bytes
+        self.tile_graphs.append(tile_graph)
+        self.program_ids.append(program_id)
+
     def __str__(self) -> str:
         lines = [
             f"aspen: {self.num_graphs} graph(s), {self.num_partitions} aspen partition(s), "
