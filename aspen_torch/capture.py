@@ -1,14 +1,17 @@
 """Capture: dynamo graph -> aten inference graph (AOTAutograd) with its frozen inputs identified."""
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
-from typing import Callable, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
 from torch._decomp import core_aten_decompositions
 from torch._dynamo.source import is_from_unspecialized_param_buffer_source
-from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
+from torch._functorch.aot_autograd import aot_module_simplified
 
 from .apu.registry import RULES
 from .errors import AspenError
@@ -41,6 +44,49 @@ def parameter_or_buffer_inputs(graph_module: fx.GraphModule, example_inputs: Seq
     return flags
 
 
+class FrozenInputsGuard:
+    """The boxed callable handed back to AOTAutograd. Dynamo reuses a compiled graph for
+    another module instance of the same shapes and does not see in-place weight updates,
+    while aspen bakes weights into its plans; so every call checks that the frozen inputs
+    are the tensors, at the versions, that it was compiled for, and compiles the kept aten
+    graph again for others (a few weight sets are kept)."""
+
+    _boxed_call = True  # AOTAutograd passes the arguments as one list
+    MAX_WEIGHT_SETS = 4
+
+    def __init__(self, aten_graph: fx.GraphModule, positions: list[int], tensors: list[torch.Tensor],
+                 compile_captured: Callable[[CapturedGraph], Callable]) -> None:
+        # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles.
+        self._aten_graph = copy.deepcopy(aten_graph)
+        self._positions = positions
+        self._compile_captured = compile_captured
+        self._compiled: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._compile_for(tensors, aten_graph)
+
+    @staticmethod
+    def _signature(tensors: list[torch.Tensor]) -> tuple:
+        return tuple((id(t), t._version) for t in tensors)
+
+    def _compile_for(self, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
+        fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
+        # The tensors stay referenced with their entry, so their ids are not reused meanwhile.
+        self._compiled[self._signature(tensors)] = (fn, tensors)
+        while len(self._compiled) > self.MAX_WEIGHT_SETS:
+            self._compiled.popitem(last=False)
+        return fn
+
+    def __call__(self, args: list) -> Any:
+        tensors = [args[i] for i in self._positions]
+        entry = self._compiled.get(self._signature(tensors))
+        if entry is not None:
+            fn = entry[0]
+        else:
+            with self._lock:
+                fn = self._compile_for(tensors, copy.deepcopy(self._aten_graph))
+        return fn(*args)
+
+
 def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
             compile_captured: Callable[[CapturedGraph], Callable]) -> Callable:
     """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`.
@@ -56,8 +102,8 @@ def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], froz
         if count != len(flat):
             raise AspenError(f"aspen: AOTAutograd produced {count} graph inputs for {len(flat)} inputs "
                              "(input mutation or tensor subclass?)")
-        frozen = {i: t for i, (t, f) in enumerate(zip(flat, frozen_flags)) if f and isinstance(t, torch.Tensor)}
-        return make_boxed_func(compile_captured(CapturedGraph(aten_graph, frozen)))
+        positions = [i for i, (t, f) in enumerate(zip(flat, frozen_flags)) if f and isinstance(t, torch.Tensor)]
+        return FrozenInputsGuard(aten_graph, positions, [flat[i] for i in positions], compile_captured)
 
     def training_compiler(_graph: fx.GraphModule, _inputs: list) -> Callable:
         raise AspenError("aspen compiles inference graphs only")

@@ -76,6 +76,8 @@ def _modules_of(compiled_fn):
         if isinstance(obj, torch.nn.Module):
             found.append(obj)
             stack.extend(obj.children())
+        if isinstance(obj, (tuple, list)):
+            stack.extend(obj)
         for cell in getattr(obj, "__closure__", None) or ():
             try:
                 stack.append(cell.cell_contents)
@@ -99,3 +101,18 @@ def test_runtime_stats_and_set_num_dses():
     with pytest.raises(ValueError):
         aspen_torch.set_num_dses(0)
     aspen_torch.set_num_dses(2)
+
+
+def test_other_weights_are_not_answered_with_frozen_ones():
+    """Dynamo reuses a compiled graph for another instance of the same module class (it
+    guards parameters by shape); aspen froze the first instance's weights, so it must
+    notice other weight tensors, and weights changed in place, and recompile for them."""
+    first, second = resnet18(), resnet18()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        for model in (first, second, first):
+            torch.testing.assert_close(compile_strict(model)(x), model(x), rtol=1e-4, atol=1e-4)
+        compiled = compile_strict(first)
+        compiled(x)
+        first.load_state_dict(second.state_dict())  # in place: same tensors, new values
+        torch.testing.assert_close(compiled(x), second(x), rtol=1e-4, atol=1e-4)
