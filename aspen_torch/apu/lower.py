@@ -177,8 +177,7 @@ class LoweringContext:
         for node, inp in zip(placeholders, inputs):
             if isinstance(inp, RuntimeInput):
                 meta = inp.meta
-                buf = Buffer(node.name, tuple(meta.shape), meta.dtype, channels_last=meta.dim() == 4,
-                             graph_input=len(input_refs))
+                buf = Buffer(node.name, tuple(meta.shape), meta.dtype, channels_last=meta.dim() == 4)
                 self.values[node] = TensorRef.of(buf)
                 input_refs.append(self.values[node])
                 input_meta.append(meta)

@@ -76,7 +76,6 @@ class Buffer:
     dtype: torch.dtype
     channels_last: bool = False
     constant: Optional[torch.Tensor] = None
-    graph_input: Optional[int] = None  # index among the partition's runtime inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +231,6 @@ class Tile:
     epilogue: list[EpilogueStep]
     op_label: str  # aten op of the node this tile computes
     node_name: str
-    flops: float = 0.0
     aten_call: Optional[AtenCall] = None
 
     @property

@@ -39,7 +39,7 @@ def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_sh
         in_box = ((n0, n1), (0, c), (i0, i1), (0, w))
         out_box = ((n0, n1), (0, oc), (o0, o1), (0, ow))
         tile = Tile(kind, Region(out, out_box), [Region(xref, in_box), *extra_inputs_of(n1 - n0, seen_rows, seen_pad)],
-                    ints_of(top, bottom), [], str(node.target), node.name, flops * (n1 - n0) * (o1 - o0) / (n * oh))
+                    ints_of(top, bottom), [], str(node.target), node.name)
         ctx.add_tile(tile, fusible_for=node)
     return out
 
@@ -151,7 +151,7 @@ def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim
         out_box = tuple((0, 1) if d in dims else in_box[d] for d in range(rank)) if keepdim else \
             tuple(in_box[d] for d in kept)
         tile = Tile(TileKind.MEAN, Region(out, out_box), [Region(xref, in_box)], tuple(dims), [],
-                    str(node.target), node.name, flops / parts)
+                    str(node.target), node.name)
         ctx.add_tile(tile, fusible_for=node)
     return out
 

@@ -43,8 +43,7 @@ def broadcast_box(box: Box, shape: Sequence[int]) -> Box:
 
 
 def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Sequence[Box],
-               arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0,
-               flops: float = 0.0) -> TensorRef:
+               arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0) -> TensorRef:
     """One aten-op tile per output box; arg_region(i, ref, box) gives the box of tensor
     argument i (schema position) that the tile reads."""
     args = schema_args(node)
@@ -62,7 +61,7 @@ def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Seque
                                 for x in a]
                 inputs += [r for r in call_args[i] if isinstance(r, Region)]
         tile = Tile(TileKind.ATEN_OP, Region(out, box), inputs, (), [], str(node.target), node.name,
-                    flops / max(1, len(boxes)), AtenCall(node.target, tuple(call_args), result_index))
+                    AtenCall(node.target, tuple(call_args), result_index))
         ctx.add_tile(tile, fusible_for=node)
     return out
 
@@ -151,7 +150,7 @@ def lower_bmm(node, ctx):
         # Left operand: the tile's rows of its batches; right operand: its batches whole.
         return (box[0], box[1], (0, k)) if i == 0 else (box[0], (0, k), (0, m))
 
-    return aten_tiles(node, ctx, out, boxes, region, flops=flops)
+    return aten_tiles(node, ctx, out, boxes, region)
 
 
 def _check_reduction(node, is_frozen):

@@ -40,8 +40,7 @@ def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int
     numel = max(1, node_meta(node).numel())
     boxes = split_dims(ref.shape, tuple(range(len(ref.shape))), ctx.policy.num_tiles(numel * 8.0, numel))
     for box in boxes:
-        tile = Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], str(node.target), node.name,
-                    numel / len(boxes))
+        tile = Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], str(node.target), node.name)
         ctx.add_tile(tile)
     return out
 
@@ -104,7 +103,7 @@ def lower_cat(node: fx.Node, ctx: LoweringContext):
             src_box = ((b0, b1),) + full_box(ref.shape)[1:] if dim != 0 else full_box(ref.shape)
             dst_box = tuple((offset, offset + size) if d == dim else src_box[d] for d in range(len(out.shape)))
             tile = Tile(TileKind.COPY, Region(out, dst_box), [Region(ref, src_box)], (), [], str(node.target),
-                        node.name, float(torch.Size(ref.shape).numel() / parts))
+                        node.name)
             ctx.add_tile(tile, fusible_for=node)
         offset += size
     return out

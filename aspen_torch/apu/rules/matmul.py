@@ -44,8 +44,7 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
                 kind, weight = TileKind.PACKED_LINEAR, packed[key]
             inputs = [Region(xref, ((r0, r1), (0, k))), weight,
                       Region(bref, ((c0, c1),)) if bref is not None else None]
-            tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target),
-                        node.name, flops * (r1 - r0) * (c1 - c0) / (m * n))
+            tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target), node.name)
             ctx.add_tile(tile, fusible_for=node)
     return out
 
