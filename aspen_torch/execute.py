@@ -26,13 +26,11 @@ class CompiledPartition(torch.nn.Module):
         # their own, planned on first need and kept for reuse. Weights are shared by all.
         self._free_plans: list[Plan] = [first_plan]
         self._plans_lock = threading.Lock()
-        self.num_plans = 1
 
     def _take_plan(self) -> Plan:
         with self._plans_lock:
             if self._free_plans:
                 return self._free_plans.pop()
-            self.num_plans += 1
         with torch.no_grad():
             return plan(self._tile_graph)
 

@@ -16,20 +16,23 @@ ACTIVATIONS = {
 }
 
 
+class ConvThen(nn.Module):
+    """A conv whose output (or, with conv_first=False, 3x the input) goes through fn(y, *rest)."""
+
+    def __init__(self, fn, conv_first: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fn, self.conv_first = fn, conv_first
+
+    def forward(self, x, *rest):
+        return self.fn(self.conv(x) if self.conv_first else x * 3, *rest)
+
+
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("after_conv", [False, True])
 def test_activation(name, after_conv):
-    act = ACTIVATIONS[name]
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 6, 3, padding=1)
-
-        def forward(self, x):
-            return act(self.conv(x) if after_conv else x * 3)
-
-    report = assert_matches_eager(Model().eval(), torch.randn(2, 3, 9, 7) * 3)
+    model = ConvThen(ACTIVATIONS[name], conv_first=after_conv).eval()
+    report = assert_matches_eager(model, torch.randn(2, 3, 9, 7) * 3)
     if after_conv:
         assert set(report.tiles_per_op) == {"aten.convolution.default"}, "fused as an epilogue"
 
@@ -43,17 +46,7 @@ BINARY = {
 @pytest.mark.parametrize("name", sorted(BINARY))
 @pytest.mark.parametrize("other_shape", [(2, 6, 9, 7), (1, 6, 1, 1), (7,), ()])
 def test_binary_with_broadcast(name, other_shape):
-    fn = BINARY[name]
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 6, 3, padding=1)
-
-        def forward(self, x, other):
-            return fn(self.conv(x), other)
-
-    assert_matches_eager(Model().eval(), torch.randn(2, 3, 9, 7), torch.randn(other_shape))
+    assert_matches_eager(ConvThen(BINARY[name]).eval(), torch.randn(2, 3, 9, 7), torch.randn(other_shape))
 
 
 def test_scalar_operands_and_chains():

@@ -14,6 +14,15 @@ import aspen_torch
 from aspen_torch.models import GPTBlock, SmallCNN, resnet18
 
 
+def two_tenants():
+    """A CNN and a transformer block, compiled strict: (compiled, inputs, eager outputs)."""
+    models = [SmallCNN().eval(), GPTBlock().eval()]
+    inputs = [torch.randn(2, 3, 33, 29), torch.randn(2, 17, 64)]
+    with torch.no_grad():
+        expected = [m(x) for m, x in zip(models, inputs)]
+    return [compile_strict(m) for m in models], inputs, expected
+
+
 def test_threads_times_models_match_eager_and_interleave():
     models = [SmallCNN().eval(), GPTBlock().eval(),
               nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()]
@@ -49,11 +58,7 @@ def test_threads_times_models_match_eager_and_interleave():
 
 
 def test_submit_returns_futures_that_match_eager():
-    models = [SmallCNN().eval(), GPTBlock().eval()]
-    inputs = [torch.randn(2, 3, 33, 29), torch.randn(2, 17, 64)]
-    compiled = [compile_strict(m) for m in models]
-    with torch.no_grad():
-        expected = [m(x) for m, x in zip(models, inputs)]
+    compiled, inputs, expected = two_tenants()
     futures = [aspen_torch.submit(compiled[i % 2], inputs[i % 2]) for i in range(12)]
     done, not_done = concurrent.futures.wait(futures, timeout=300)
     assert not not_done
@@ -100,11 +105,7 @@ def test_urgent_request_overtakes_a_running_one():
 
 
 def test_resizing_under_load_keeps_every_result():
-    models = [SmallCNN().eval(), GPTBlock().eval()]
-    inputs = [torch.randn(3, 3, 33, 29), torch.randn(2, 17, 64)]
-    compiled = [compile_strict(m) for m in models]
-    with torch.no_grad():
-        expected = [m(x) for m, x in zip(models, inputs)]
+    compiled, inputs, expected = two_tenants()
     futures = []
     try:
         for size in [1, 2, 1, 3, 1, 2]:

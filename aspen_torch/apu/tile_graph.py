@@ -22,13 +22,6 @@ def boxes_intersect(a: Box, b: Box) -> bool:
     return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
 
 
-def box_numel(box: Box) -> int:
-    n = 1
-    for start, stop in box:
-        n *= stop - start
-    return n
-
-
 class TileKind(enum.IntEnum):
     """Mirrors aspen::TileKind in csrc/tile_spec.h."""
 
