@@ -4,14 +4,20 @@
     python bench/bench.py --quick    # ResNet-50 B1 only, fewer runs (what the README demo prints)
 
 Medians (with min and max) over --runs timed calls after warmup; each round calls every
-backend once, so slow drifts of this shared machine hit all of them alike.
+backend once, so slow drifts of this shared machine hit all of them alike. The machine's
+peak is measured in the same run (a large GEMM and a conv at 1 and at all threads), and
+each row's GFLOP/s is also given as a fraction of it. Peak RSS comes from a fresh process
+per workload and backend (compile plus a few calls), since a process's high-water mark
+cannot be reset. Results also go to JSON and to a PNG bar chart (matplotlib, if present).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,13 +102,88 @@ BACKENDS: dict[str, Callable] = {
 }
 
 
+def _median_seconds(fn: Callable[[], object], runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_peak_gflops(threads: int, runs: int = 10) -> dict[str, float]:
+    """GFLOP/s of a 2048^3 GEMM and of a 3x3 conv (ResNet layer 2 shape, batch 8, channels-last)
+    with `threads` ATen threads: the machine's reachable rate for these kernels, now."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        x = torch.randn(8, 128, 28, 28).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            gemm = 2 * 2048 ** 3 / _median_seconds(lambda: torch.mm(a, b), runs) / 1e9
+            conv_flops = 2 * 8 * 128 * 28 * 28 * 128 * 9
+            conv = conv_flops / _median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), runs) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+    return {"gemm": gemm, "conv": conv}
+
+
+def peak_rss_mib(workload_name: str, backend: str, calls: int = 3) -> float:
+    """Peak RSS of a fresh process that builds the workload, compiles it with `backend` and calls it."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench; "
+            f"print(bench.rss_probe({workload_name!r}, {backend!r}, {calls}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def rss_probe(workload_name: str, backend: str, calls: int) -> float:
+    torch.manual_seed(0)
+    workload = WORKLOADS[workload_name]()
+    model, inputs = workload.make_model(), workload.make_inputs()
+    with torch.no_grad():
+        fn = BACKENDS[backend](model)
+        for _ in range(calls):
+            fn(*inputs)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def write_bar_chart(rows: list[dict], path: Path) -> bool:
+    """Speedup over eager per workload and backend; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    width = 0.8 / len(backends)
+    fig, ax = plt.subplots(figsize=(2.2 * len(workloads) + 2, 4))
+    for i, backend in enumerate(backends):
+        values = [next((r["speedup_vs_eager"] or 0.0 for r in rows if r["workload"] == w and r["backend"] == backend),
+                       0.0) for w in workloads]
+        bars = ax.bar([k + i * width for k in range(len(workloads))], values, width, label=backend)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([k + width * (len(backends) - 1) / 2 for k in range(len(workloads))], workloads, fontsize=8)
+    ax.set_ylabel("speedup over eager (median)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def count_flops(model, inputs) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*inputs)
     return float(counter.get_total_flops())
 
 
-def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int) -> list[dict]:
+def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int, peak_gflops: float) -> list[dict]:
     model = workload.make_model()
     inputs = workload.make_inputs()
     flops = count_flops(model, inputs)
@@ -132,7 +213,8 @@ def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int
         rows.append({
             "workload": workload.name, "backend": name, "median_ms": median * 1e3,
             "min_ms": min(times[name]) * 1e3, "max_ms": max(times[name]) * 1e3,
-            "gflops": flops / median / 1e9, "first_call_s": first_call[name] if name != "eager" else 0.0,
+            "gflops": flops / median / 1e9, "fraction_of_peak": flops / median / 1e9 / peak_gflops,
+            "first_call_s": first_call[name] if name != "eager" else 0.0,
             "speedup_vs_eager": eager_median / median if eager_median else None, "runs": runs,
         })
     return rows
@@ -140,11 +222,14 @@ def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="ResNet-50 B1 only, 5 runs")
+    parser.add_argument("--quick", action="store_true", help="ResNet-50 B1 only, 5 runs, no peak RSS")
     parser.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS))
     parser.add_argument("--runs", type=int, default=None, help="timed calls per backend (default 10, quick 5)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
+    parser.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure peak RSS per workload and backend in fresh processes (default: on unless --quick)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--png", type=Path, default=None, help="also draw a bar chart here (default: beside --json)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch._dynamo.config.cache_size_limit = 64
@@ -156,21 +241,37 @@ def main(argv=None) -> int:
     unknown = set(names) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}")
-    workloads = [WORKLOADS[n]() for n in names]
     runs = args.runs or (5 if args.quick else 10)
+    measure_rss = (not args.quick) if args.rss is None else args.rss
+
+    threads = torch.get_num_threads()
+    peak = {1: measure_peak_gflops(1), threads: measure_peak_gflops(threads)}
+    peak_gflops = max(peak[threads].values())
     rows = []
-    for workload in workloads:
-        rows += run_workload(workload, backends, runs, warmup=1 if args.quick else 2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, aspen DSEs: "
-          f"{aspen_torch.runtime_stats()['num_dses']}; medians of {runs} interleaved runs (min-max)")
+    for name in names:
+        workload_rows = run_workload(WORKLOADS[name](), backends, runs, warmup=1 if args.quick else 2,
+                                     peak_gflops=peak_gflops)
+        for row in workload_rows:
+            row["peak_rss_mib"] = peak_rss_mib(name, row["backend"]) if measure_rss else None
+        rows += workload_rows
+
+    print(f"torch {torch.__version__}, {threads} threads, aspen DSEs: {aspen_torch.runtime_stats()['num_dses']}; "
+          f"medians of {runs} interleaved runs (min-max)")
+    print(f"machine peak now, GFLOP/s (GEMM 2048^3 / conv 3x3 128ch): 1 thread {peak[1]['gemm']:.0f} / "
+          f"{peak[1]['conv']:.0f}, {threads} threads {peak[threads]['gemm']:.0f} / {peak[threads]['conv']:.0f}")
     table = [[r["workload"], r["backend"], f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})",
-              f"{r['gflops']:.0f}", f"{r['first_call_s']:.1f}" if r["backend"] != "eager" else "-",
+              f"{r['gflops']:.0f}", f"{100 * r['fraction_of_peak']:.0f}%",
+              f"{r['first_call_s']:.1f}" if r["backend"] != "eager" else "-",
+              f"{r['peak_rss_mib']:.0f}" if r["peak_rss_mib"] is not None else "-",
               f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] else "-"] for r in rows]
-    print(tabulate(table, headers=["workload", "backend", "median ms (min-max)", "GFLOP/s", "first call s",
-                                   "vs eager"]))
+    print(tabulate(table, headers=["workload", "backend", "median ms (min-max)", "GFLOP/s", "of peak",
+                                   "first call s", "peak RSS MiB", "vs eager"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"peak_gflops": {str(k): v for k, v in peak.items()}, "rows": rows}, indent=2))
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    if png is not None:
+        print(f"bar chart: {png}" if write_bar_chart(rows, png) else "bar chart skipped: matplotlib is not installed")
     return 0
 
 

@@ -27,6 +27,7 @@ namespace aspen {
 //   kThreadProbe tensors: out (int64 [2]): [threads seen by at::parallel_for, at::get_num_threads()]
 //   kPackedLinear tensors: out [rows, cols], input [rows, k], oneDNN-packed weight of its columns,
 //                bias [cols] (may be undefined). A leading activation epilogue runs as a post-op.
+//   kSafeSoftmax tensors: out, input; ints: dim. Softmax whose all -inf rows are zeros.
 //   kAtenOp      aten_call: any ATen op and its arguments (views included); result
 //                `result_index` of its returns is copied into tensors[0]. tensors[1..]
 //                are the views it reads (for epilogue operands).
@@ -42,6 +43,7 @@ enum class TileKind : int32_t {
   kThreadProbe = 8,
   kAtenOp = 9,
   kPackedLinear = 10,
+  kSafeSoftmax = 11,
 };
 
 enum class PointwiseOp : int32_t {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_matches_eager
 
 import aspen_torch
 from aspen_torch.apu.policy import TilePolicy, split_dims, split_range
@@ -69,3 +71,32 @@ def test_explain_reports_tiles_and_fallbacks():
     assert report.num_tiles == sum(report.tiles_per_op.values())
     text = str(report)
     assert "aten.cumsum.default" in text and "tiles per op" in text
+
+
+def test_pointwise_fuses_into_producer_through_views_and_permutes():
+    """GELU behind a reshape, a residual add behind a reshape and a scale behind a permute
+    run as epilogues of the linear tiles (no tiles of their own), and still match eager."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down, self.q = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 16)
+
+        def forward(self, x):  # x: [batch, seq, 16]
+            h = F.gelu(self.up(x.reshape(-1, 16)).view(x.shape[0], x.shape[1], 32))
+            y = self.down(h.reshape(-1, 32)).view(x.shape) + x
+            q = self.q(y).view(x.shape[0], x.shape[1], 4, 4).permute(0, 2, 1, 3) * 0.5
+            return q.sum(-1)
+
+    report = assert_matches_eager(Model().eval(), torch.randn(2, 8, 16))
+    assert not {"aten.gelu.default", "aten.add.Tensor", "aten.mul.Tensor", "aten.mul.Scalar"} & set(report.tiles_per_op)
+
+
+def test_large_batches_are_cut_into_small_chunks():
+    """Depth-first needs tiles small enough to stay in cache: a batch of 32 on 2 DSEs is cut
+    into chunks of at most max_batch_per_tile images, not into 2 halves."""
+    policy = TilePolicy(num_dses=2)
+    assert policy.num_tiles(1e9, 32, batch=32) == 32 // policy.max_batch_per_tile
+    assert policy.num_tiles(1e9, 112, batch=1) == 2
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    report = aspen_torch.explain(model, torch.randn(16, 3, 8, 8), options={"num_dses": 2, "min_tile_flops": 1.0})
+    assert report.tiles_per_op["aten.convolution.default"] == 16 // policy.max_batch_per_tile

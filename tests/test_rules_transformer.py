@@ -67,6 +67,23 @@ def test_scaled_dot_product_attention(causal, with_mask):
     assert_matches_eager(Model(), q, k, v, mask, options=MANY_TILES)
 
 
+def test_safe_softmax_zeroes_fully_masked_rows_only():
+    """SDPA with a boolean mask runs aten._safe_softmax as one tile kind: rows masked
+    throughout give zeros (not NaN), and a NaN in a live row still propagates as in eager."""
+    class Model(nn.Module):
+        def forward(self, q, k, v, mask):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16)
+    mask = torch.rand(2, 1, 13, 13) > 0.3
+    mask[0, :, 4] = False  # query row 4 of batch 0 sees nothing
+    mask[1, :, :, :] = False  # batch 1 sees nothing at all
+    q[0, 1, 7, 3] = float("nan")
+    report = assert_matches_eager(Model(), q, k, v, mask, options=MANY_TILES, rtol=1e-4, atol=1e-5)
+    assert report.tiles_per_op.get("aten._safe_softmax.default", 0) > 1
+    assert not {"aten.eq.Scalar", "aten.all.dim", "aten.full_like.default"} & set(report.tiles_per_op)
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_multihead_attention(batch_first):
     model = nn.MultiheadAttention(64, 4, batch_first=batch_first).eval()

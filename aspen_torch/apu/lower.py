@@ -127,16 +127,28 @@ class LoweringContext:
     ) -> bool:
         """Runs `node` as an epilogue of the tiles producing `primary`, if that is safe.
 
-        Safe when those tiles write exactly `primary`'s value, nobody else reads
-        that value (the epilogue overwrites it in place), and the result has its shape.
+        Safe when those tiles write exactly `primary`'s value (or a reshape of it), nobody
+        else reads that value (the epilogue overwrites it in place), the result has its
+        shape, and an operand can be seen in the tiles' own coordinates.
         """
         if not isinstance(primary, fx.Node) or primary not in self._fusible:
             return False
         if len(primary.users) != 1 or primary in self._outputs:
             return False
         ref = self.values[primary]
-        if not isinstance(ref, TensorRef) or ref.steps or tuple(node_meta(node).shape) != ref.shape:
+        if not isinstance(ref, TensorRef) or tuple(node_meta(node).shape) != ref.shape:
             return False
+        # Through reshapes and permutes an elementwise step still meets every element once;
+        # a tensor operand is reshaped back to the tiles' shape, which a permute would not
+        # allow (a Python scalar looks the same through any view).
+        if any(step.op not in ("view", "permute") for step in ref.steps):
+            return False
+        if isinstance(operand, fx.Node) and any(step.op != "view" for step in ref.steps):
+            return False
+        if operand is not None and ref.steps:
+            operand_ref = self.expand_to(self.ref(operand), ref.shape)
+            if any(operand_ref.reshaped(self.tiles[i].out.ref.shape) is None for i in self._fusible[primary]):
+                return False
         self.absorb(primary, node, ref)
         self.append_epilogue(node, op, operand, a, b)
         return True
@@ -150,11 +162,22 @@ class LoweringContext:
             tile = self.tiles[index]
             operand_index = None
             if operand_ref is not None:
-                region = Region(operand_ref, tile.out.box)
+                # Through a reshape of the tiles' output, the operand is reshaped back alike.
+                seen = operand_ref.reshaped(tile.out.ref.shape) if ref.steps else operand_ref
+                assert seen is not None, "aspen: epilogue operand has no view in the tile's shape"
+                region = Region(seen, tile.out.box)
                 tile.inputs.append(region)
                 operand_index = len(tile.inputs)
                 self._depend(index, region)
             tile.epilogue.append(EpilogueStep(op, operand_index, a, b))
+
+    def keep_fusible_through_view(self, source: Any, view: fx.Node) -> None:
+        """A reshape, permute or alias that is the only reader of a fusible value stays
+        fusible, so a pointwise op after it (a linear's GELU or residual add behind a view,
+        attention's query scaling behind a permute) still runs as the producing tiles' epilogue."""
+        if isinstance(source, fx.Node) and source in self._fusible and len(source.users) == 1 \
+                and source not in self._outputs:
+            self._fusible[view] = self._fusible.pop(source)
 
     def absorb(self, producer: fx.Node, consumer: fx.Node, value: Value) -> None:
         """Records that the tiles of `producer` also compute `consumer` (an epilogue, a folded batch norm)."""

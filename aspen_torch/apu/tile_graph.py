@@ -36,6 +36,7 @@ class TileKind(enum.IntEnum):
     THREAD_PROBE = 8
     ATEN_OP = 9
     PACKED_LINEAR = 10
+    SAFE_SOFTMAX = 11
 
 
 class PointwiseOp(enum.IntEnum):
@@ -182,6 +183,25 @@ class TensorRef:
 
     def then(self, op: str, arg: Sequence[int], shape: Sequence[int]) -> "TensorRef":
         return TensorRef(self.buffer, self.steps + (ViewStep(op, tuple(arg), tuple(shape)),), tuple(shape))
+
+    def meta(self) -> torch.Tensor:
+        """A meta tensor with the strides the planner will give this ref, to test views at compile time."""
+        buf = self.buffer
+        if buf.constant is not None:
+            t = torch.empty_strided(buf.shape, buf.constant.stride(), dtype=buf.dtype, device="meta")
+        else:
+            fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
+            t = torch.empty(buf.shape, dtype=buf.dtype, device="meta", memory_format=fmt)
+        return apply_view_steps(t, self.steps)
+
+    def reshaped(self, shape: Sequence[int]) -> Optional["TensorRef"]:
+        """This ref reshaped to `shape` as a zero-copy view, or None if no such view exists."""
+        shape = tuple(shape)
+        try:
+            self.meta().view(shape)
+        except (RuntimeError, ValueError):  # meta tensors raise ValueError for an impossible view
+            return None
+        return self.then("view", shape, shape)
 
     def buffer_box(self, box: Box) -> Box:
         """The buffer box that a read of `box` of this ref touches: index-range math

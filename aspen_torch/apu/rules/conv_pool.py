@@ -30,7 +30,7 @@ def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_sh
     out = ctx.new_buffer(node, out_shape)
     _, oc, oh, ow = out.shape
     rows = Window(kernel[0], stride[0], padding[0], dilation[0])
-    tiles = ctx.policy.num_tiles(flops, n * oh)
+    tiles = ctx.policy.num_tiles(flops, n * oh, batch=n)
     bands = output_bands(n, oh, tiles, split_rows)
     for n0, n1, o0, o1 in bands:
         i0, i1, top, bottom = rows.input_rows(o0, o1, h)

@@ -5,15 +5,12 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import split_dims
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
 from .generic import lower_elementwise
 from ..tile_graph import EpilogueStep, PointwiseOp, Region, Tile, TileKind
 
 aten = torch.ops.aten
-
-# A pointwise tile moves ~12 bytes per element; count it as this many FLOPs for the tile policy.
-POINTWISE_COST_PER_ELEMENT = 8.0
 
 
 def lower_pointwise(node: fx.Node, ctx: LoweringContext, op: PointwiseOp, primary, operand=None,
@@ -32,7 +29,7 @@ def lower_pointwise(node: fx.Node, ctx: LoweringContext, op: PointwiseOp, primar
     primary_ref = ctx.expand_to(ctx.ref(primary), shape)
     operand_ref = ctx.expand_to(ctx.ref(operand), shape) if operand is not None else None
     numel = node_meta(node).numel()
-    parts = ctx.policy.num_tiles(numel * POINTWISE_COST_PER_ELEMENT, max(1, numel))
+    parts = ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, max(1, numel))
     split = (0, 2, 3, 1) if len(shape) == 4 else tuple(range(len(shape)))
     for box in split_dims(shape, split, parts):
         inputs = [Region(primary_ref, box)]

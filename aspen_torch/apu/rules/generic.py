@@ -14,13 +14,12 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import split_dims
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
 from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
 
-ELEMENT_COST = 8.0  # FLOPs an element of a memory-bound tile counts as, for the tile policy
 
 
 def schema_args(node: fx.Node) -> list:
@@ -74,7 +73,7 @@ def lower_elementwise(node: fx.Node, ctx: LoweringContext) -> TensorRef:
     out = ctx.new_buffer(node, channels_last=False)
     shape = out.shape
     numel = max(1, node_meta(node).numel())
-    boxes = split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * ELEMENT_COST, numel))
+    boxes = split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
     return aten_tiles(node, ctx, out, boxes, lambda i, ref, box: broadcast_box(box, ref.shape))
 
 
@@ -96,7 +95,7 @@ def lower_rowwise(node: fx.Node, ctx: LoweringContext, reduced: Sequence[int], t
     shape = out.shape
     kept = tuple(d for d in range(len(shape)) if d not in reduced)
     rows = max(1, int(torch.Size([shape[d] for d in kept]).numel()))
-    boxes = split_dims(shape, kept, _parts(ctx, node, node_meta(node).numel() * ELEMENT_COST, rows))
+    boxes = split_dims(shape, kept, _parts(ctx, node, node_meta(node).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return box[:len(ref.shape)] if tensor_args.get(i) == "rows" else full_box(ref.shape)
@@ -126,6 +125,26 @@ def _check_softmax(node, is_frozen):
 def lower_softmax(node, ctx):
     dim = node.args[1] % node_meta(node).dim()
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
+
+
+def _check_safe_softmax(node, is_frozen):
+    dtype = node.args[2] if len(node.args) > 2 else node.kwargs.get("dtype")
+    return "dtype=" if dtype is not None else float32_only(node)
+
+
+@RULES.register(aten._safe_softmax.default, check=_check_safe_softmax)
+def lower_safe_softmax(node, ctx):
+    """One pass instead of its five-op decomposition (see csrc/kernels_softmax.cpp)."""
+    xref = ctx.ref(node.args[0])
+    dim = node.args[1] % len(xref.shape)
+    out = ctx.new_buffer(node, channels_last=False)
+    kept = tuple(d for d in range(len(xref.shape)) if d != dim)
+    rows = max(1, int(torch.Size([xref.shape[d] for d in kept]).numel()))
+    for box in split_dims(out.shape, kept, _parts(ctx, node, node_meta(node).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows)):
+        tile = Tile(TileKind.SAFE_SOFTMAX, Region(out, box), [Region(xref, box)], (dim,), [], str(node.target),
+                    node.name)
+        ctx.add_tile(tile, fusible_for=node)
+    return out
 
 
 def _check_embedding(node, is_frozen):
@@ -171,7 +190,7 @@ def lower_reduction(node, ctx):
     out = ctx.new_buffer(node, channels_last=False)
     out_kept = tuple(kept) if keepdim else tuple(range(len(kept)))
     rows = max(1, node_meta(node).numel())
-    boxes = split_dims(out.shape, out_kept, _parts(ctx, node, node_meta(node.args[0]).numel() * ELEMENT_COST, rows))
+    boxes = split_dims(out.shape, out_kept, _parts(ctx, node, node_meta(node.args[0]).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         kept_ranges = iter(box[d] for d in out_kept)

@@ -7,38 +7,26 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import split_dims, split_range
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
-from ..tile_graph import Region, TensorRef, Tile, TileKind, apply_view_steps, full_box
+from ..tile_graph import Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
-
-
-def _meta_tensor(ref: TensorRef) -> torch.Tensor:
-    """A meta tensor with the strides the planner will give `ref`, to test views at compile time."""
-    buf = ref.buffer
-    if buf.constant is not None:
-        t = torch.empty_strided(buf.shape, buf.constant.stride(), dtype=buf.dtype, device="meta")
-    else:
-        fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
-        t = torch.empty(buf.shape, dtype=buf.dtype, device="meta", memory_format=fmt)
-    return apply_view_steps(t, ref.steps)
 
 
 def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int]) -> TensorRef:
     ref = ctx.ref(source)
     shape = tuple(node_meta(node).shape)
-    try:
-        _meta_tensor(ref).view(shape)
-        return ref.then("view", shape, shape)
-    except (RuntimeError, ValueError):  # meta tensors raise ValueError for an impossible view
-        pass
+    view = ref.reshaped(shape)
+    if view is not None:
+        ctx.keep_fusible_through_view(source, node)
+        return view
     # No view exists (e.g. flattening a channels-last or permuted buffer): copy tiles
     # into a contiguous buffer, each writing its box through a view of it in the source's shape.
     out = ctx.new_buffer(node, channels_last=False)
     target = out.then("view", ref.shape, ref.shape)
     numel = max(1, node_meta(node).numel())
-    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))), ctx.policy.num_tiles(numel * 8.0, numel))
+    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))), ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
     for box in boxes:
         tile = Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], str(node.target), node.name)
         ctx.add_tile(tile)
@@ -59,6 +47,7 @@ def lower_squeeze(node, ctx):
 def lower_permute(node, ctx):
     ref = ctx.ref(node.args[0])
     dims = tuple(d % len(ref.shape) for d in node.args[1])
+    ctx.keep_fusible_through_view(node.args[0], node)
     return ref.then("permute", dims, node_meta(node).shape)
 
 
@@ -75,7 +64,9 @@ def lower_expand(node, ctx):
 
 @RULES.register(aten.clone.default, aten.alias.default, aten.detach.default)
 def lower_same_value(node, ctx):
-    # Buffers are written once and never mutated, so a copy can share the source.
+    # Buffers are written once (epilogues mutate only values with a single reader),
+    # so a copy can share the source.
+    ctx.keep_fusible_through_view(node.args[0], node)
     return ctx.ref(node.args[0])
 
 
@@ -98,7 +89,7 @@ def lower_cat(node: fx.Node, ctx: LoweringContext):
             continue
         size = ref.shape[dim]
         # A copy tile per input, split along the batch so large inputs use every DSE.
-        parts = ctx.policy.num_tiles(float(torch.Size(ref.shape).numel()), ref.shape[0]) if dim != 0 else 1
+        parts = ctx.policy.num_tiles(torch.Size(ref.shape).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, ref.shape[0]) if dim != 0 else 1
         for b0, b1 in split_range(ref.shape[0], parts):
             src_box = ((b0, b1),) + full_box(ref.shape)[1:] if dim != 0 else full_box(ref.shape)
             dst_box = tuple((offset, offset + size) if d == dim else src_box[d] for d in range(len(out.shape)))
