@@ -1,4 +1,5 @@
-"""Planning: TileGraph -> Plan. Allocates every buffer once and turns each Region into a view."""
+"""Planning: TileGraph -> Plan. Allocates memory once (buffers with disjoint lifetimes share
+slots, see memory_plan.py) and turns each Region into a view."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,7 @@ import torch
 
 from . import _C
 from .apu.tile_graph import AtenCall, Buffer, Region, TileGraph, apply_view_steps
+from .memory_plan import MemoryPlan, plan_memory
 
 
 @dataclasses.dataclass
@@ -39,21 +41,26 @@ def _aten_call(call: AtenCall, out: torch.Tensor, views: "_Views") -> tuple:
     return (op._schema.name, op._schema.overload_name, args, call.result_index)
 
 
-def _allocate(buf: Buffer) -> torch.Tensor:
-    if buf.constant is not None:
-        return buf.constant
-    fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
-    return torch.empty(buf.shape, dtype=buf.dtype, memory_format=fmt)
-
-
 class _Views:
-    def __init__(self) -> None:
+    def __init__(self, memory: MemoryPlan) -> None:
+        self.memory = memory
+        self.slots = [torch.empty(size, dtype=torch.uint8) for size in memory.slot_bytes]
         self.storage: dict[Buffer, torch.Tensor] = {}
 
     def buffer(self, buf: Buffer) -> torch.Tensor:
         if buf not in self.storage:
-            self.storage[buf] = _allocate(buf)
+            self.storage[buf] = self._allocate(buf)
         return self.storage[buf]
+
+    def _allocate(self, buf: Buffer) -> torch.Tensor:
+        if buf.constant is not None:
+            return buf.constant
+        fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
+        slot = self.memory.slot_of.get(buf)
+        if slot is None:
+            return torch.empty(buf.shape, dtype=buf.dtype, memory_format=fmt)
+        strides = torch.empty(buf.shape, dtype=buf.dtype, memory_format=fmt, device="meta").stride()
+        return self.slots[slot].view(buf.dtype).as_strided(buf.shape, strides)
 
     def region(self, region: Optional[Region]) -> Optional[torch.Tensor]:
         if region is None:
@@ -76,7 +83,8 @@ class _Views:
 
 
 def plan(graph: TileGraph) -> Plan:
-    views = _Views()
+    memory = plan_memory(graph)
+    views = _Views(memory)
     input_buffers = [views.buffer(ref.buffer) for ref in graph.input_refs]
     tiles = []
     for tile in graph.tiles:
@@ -86,9 +94,10 @@ def plan(graph: TileGraph) -> Plan:
         if tile.aten_call is not None:
             entry += (_aten_call(tile.aten_call, tensors[0], views),)
         tiles.append(entry)
-    program = _C.make_program(tiles, graph.edges)
+    program = _C.make_program(tiles, sorted(set(graph.edges) | set(memory.extra_edges)))
     output_views = [apply_view_steps(views.buffer(ref.buffer), ref.steps) for ref in graph.output_refs]
-    activation_bytes = sum(
-        t.numel() * t.element_size() for b, t in views.storage.items() if b.constant is None
-    )
-    return Plan(program, input_buffers, output_views, list(views.storage.values()), activation_bytes)
+    activation_bytes = sum(memory.slot_bytes) + sum(
+        t.numel() * t.element_size() for b, t in views.storage.items()
+        if b.constant is None and b not in memory.slot_of)
+    return Plan(program, input_buffers, output_views, list(views.storage.values()) + views.slots,
+                activation_bytes)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -146,7 +145,9 @@ def rss_probe(workload_name: str, backend: str, calls: int) -> float:
         fn = BACKENDS[backend](model)
         for _ in range(calls):
             fn(*inputs)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the (large) parent across fork+exec.
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
 
 
 def write_bar_chart(rows: list[dict], path: Path) -> bool:
