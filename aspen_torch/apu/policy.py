@@ -37,11 +37,12 @@ class TilePolicy:
     num_dses: int
     tiles_per_dse: int = 1
     min_tile_flops: float = 4e6
-    # A large batch is cut into chunks of at most this many images even when fewer tiles
-    # would keep the DSEs busy: a DSE then carries a chunk through several ops while it is
-    # in cache (depth-first). ResNet-50 B32 on 2 DSEs: chunks of 16 images 1574 ms, of
-    # 8 / 4 / 2 / 1 images 1442 / 1482 / 1506 / 1417 ms (medians of 7, one process).
-    max_batch_per_tile: int = 4
+    # A batch is cut into chunks of at most this many images even when fewer tiles would
+    # keep the DSEs busy: a DSE then carries one image through several ops while it is in
+    # cache (depth-first). ResNet-50 B32 on 2 DSEs, medians in one process: chunks of
+    # 16 / 8 / 4 / 2 / 1 images took 1574 / 1442 / 1482 / 1506 / 1417 ms; another day
+    # 16 / 4 / 1 images took 1592 / 1546 / 1472 ms (inductor+freezing 1489 ms).
+    max_batch_per_tile: int = 1
 
     def num_tiles(self, flops: float, max_tiles: int, batch: int = 1) -> int:
         """Tiles for an op of `flops` work that can be cut at most `max_tiles` ways,
