@@ -112,21 +112,22 @@ def _median_seconds(fn: Callable[[], object], runs: int) -> float:
 
 
 def measure_peak_gflops(threads: int, runs: int = 10) -> dict[str, float]:
-    """GFLOP/s of a 2048^3 GEMM and of a 3x3 conv (ResNet layer 2 shape, batch 8, channels-last)
-    with `threads` ATen threads: the machine's reachable rate for these kernels, now."""
+    """GFLOP/s of a 2048^3 GEMM (oneDNN, prepacked weight, as inductor's freezing and aspen
+    run linears) and of a 3x3 conv (ResNet layer-2 shape, batch 8, channels-last) with
+    `threads` ATen threads: the rate this machine reaches for these kernels, now."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, 2048)
         x = torch.randn(8, 128, 28, 28).contiguous(memory_format=torch.channels_last)
         w = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            gemm = 2 * 2048 ** 3 / _median_seconds(lambda: torch.mm(a, b), runs) / 1e9
-            conv_flops = 2 * 8 * 128 * 28 * 28 * 128 * 9
-            conv = conv_flops / _median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), runs) / 1e9
+            gemm_s = _median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), runs)
+            conv_s = _median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), runs)
     finally:
         torch.set_num_threads(previous)
-    return {"gemm": gemm, "conv": conv}
+    return {"gemm": 2 * 2048 ** 3 / gemm_s / 1e9, "conv": 2 * 8 * 128 * 28 * 28 * 128 * 9 / conv_s / 1e9}
 
 
 def peak_rss_mib(workload_name: str, backend: str, calls: int = 3) -> float:
