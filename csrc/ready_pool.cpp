@@ -1,5 +1,7 @@
 #include "ready_pool.h"
 
+#include <thread>
+
 namespace aspen {
 
 ReadyPool::ReadyPool(int max_rows) : max_rows_(max_rows), rows_(new Row[max_rows]) {}
@@ -64,6 +66,19 @@ bool ReadyPool::try_pop(int row, ReadyTile* out) {
   const bool found = try_pop_level(row, /*urgent=*/false, out);
   if (found) size_.fetch_sub(1, std::memory_order_relaxed);
   return found;
+}
+
+bool ReadyPool::spin_for_work(int row, ReadyTile* out, std::chrono::microseconds budget,
+                              const std::atomic<bool>& stop) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  while (!stop.load(std::memory_order_relaxed)) {
+    if (try_pop(row, out)) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    // Yield rather than pause: a runnable thread on this core (the caller waiting for
+    // its result, another process) gets it at once.
+    std::this_thread::yield();
+  }
+  return false;
 }
 
 void ReadyPool::wait_for_work(const std::atomic<bool>& stop) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -34,6 +35,9 @@ class ReadyPool {
   bool has_urgent() const { return urgent_size_.load(std::memory_order_relaxed) > 0; }
   // Own row first, then the other rows; false when the pool looked empty.
   bool try_pop(int row, ReadyTile* out);
+  // Polls for an item for up to `budget`, yielding the core between polls; false when
+  // none came or `stop` is set.
+  bool spin_for_work(int row, ReadyTile* out, std::chrono::microseconds budget, const std::atomic<bool>& stop);
   // Blocks until an item may be available or `stop` is set.
   void wait_for_work(const std::atomic<bool>& stop);
   // Wakes every sleeping DSE (used when stop flags change).
