@@ -35,7 +35,7 @@ def _nbytes(buf: Buffer) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[int]]]:
+def buffer_uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[int]]]:
     """Tiles writing and reading each buffer (a tile's inputs are every view it reads)."""
     writers: dict[Buffer, list[int]] = {}
     readers: dict[Buffer, list[int]] = {}
@@ -48,11 +48,13 @@ def _uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[
 
 
 def plan_memory(graph: TileGraph) -> MemoryPlan:
-    writers, readers = _uses(graph)
+    writers, readers = buffer_uses(graph)
     pinned = {ref.buffer for ref in graph.input_refs} | {ref.buffer for ref in graph.output_refs}
     shared = [b for b in writers if b.constant is None and b not in pinned]
     shared.sort(key=lambda b: writers[b][0])
 
+    # A buffer nobody reads (a dead value) is free after its last writer.
+    last_use = {b: max(readers.get(b, writers[b])) for b in shared}
     slot_bytes: list[int] = []
     occupant: list[Buffer] = []  # last buffer placed in each slot
     slot_of: dict[Buffer, int] = {}
@@ -61,7 +63,7 @@ def plan_memory(graph: TileGraph) -> MemoryPlan:
         first_write = writers[buf][0]
         size = _nbytes(buf)
         # Free slots: their occupant's last use comes before this buffer's first write.
-        free = [s for s, old in enumerate(occupant) if max(readers.get(old, writers[old])) < first_write]
+        free = [s for s, old in enumerate(occupant) if last_use[old] < first_write]
         # Prefer a slot that fits, smallest first; otherwise grow the largest free one.
         fitting = [s for s in free if slot_bytes[s] >= size]
         if fitting:

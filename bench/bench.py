@@ -101,7 +101,8 @@ BACKENDS: dict[str, Callable] = {
 }
 
 
-def _median_seconds(fn: Callable[[], object], runs: int) -> float:
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of `runs` calls of `fn`, after one untimed call."""
     fn()
     times = []
     for _ in range(runs):
@@ -123,8 +124,8 @@ def measure_peak_gflops(threads: int, runs: int = 10) -> dict[str, float]:
         x = torch.randn(8, 128, 28, 28).contiguous(memory_format=torch.channels_last)
         w = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            gemm_s = _median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), runs)
-            conv_s = _median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), runs)
+            gemm_s = median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), runs)
+            conv_s = median_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), runs)
     finally:
         torch.set_num_threads(previous)
     return {"gemm": 2 * 2048 ** 3 / gemm_s / 1e9, "conv": 2 * 8 * 128 * 28 * 28 * 128 * 9 / conv_s / 1e9}

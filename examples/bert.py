@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import pathlib
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,15 +18,8 @@ from transformers import BertConfig, BertModel  # noqa: E402
 
 import aspen_torch  # noqa: E402
 
-
-def median_ms(fn, runs: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from bench import median_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -51,8 +45,8 @@ def main() -> None:
             print(f"{name}: max relative error vs eager {err:.1e}")
             torch.testing.assert_close(out[name], ref[name], rtol=1e-4, atol=2e-4)
 
-        aspen_ms = median_ms(lambda: compiled(input_ids=ids, attention_mask=mask))
-        eager_ms = median_ms(lambda: model(input_ids=ids, attention_mask=mask))
+        aspen_ms = median_seconds(lambda: compiled(input_ids=ids, attention_mask=mask), 5) * 1e3
+        eager_ms = median_seconds(lambda: model(input_ids=ids, attention_mask=mask), 5) * 1e3
         print(f"B{args.batch} S{args.seq}: aspen {aspen_ms:.1f} ms, eager {eager_ms:.1f} ms "
               f"({eager_ms / aspen_ms:.2f}x)")
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from helpers import assert_matches_eager
 
 import aspen_torch
-from aspen_torch.memory_plan import plan_memory
+from aspen_torch.memory_plan import buffer_uses, plan_memory
 from aspen_torch.models import SmallCNN
 
 
@@ -39,20 +39,15 @@ def test_slot_sharing_is_ordered_by_edges():
     memory = plan_memory(graph)
     assert len(memory.slot_bytes) < len(memory.slot_of), "a chain of convs reuses memory"
     below = _reachable(len(graph.tiles), set(graph.edges) | set(memory.extra_edges))
-    users: dict = {}
-    for index, tile in enumerate(graph.tiles):
-        users.setdefault(tile.out.ref.buffer, [[], []])[0].append(index)
-        for region in tile.inputs:
-            if region is not None:
-                users.setdefault(region.ref.buffer, [[], []])[1].append(index)
+    writers, readers = buffer_uses(graph)
     by_slot: dict[int, list] = {}
     for buf, slot in memory.slot_of.items():
         by_slot.setdefault(slot, []).append(buf)
     checked = 0
     for bufs in by_slot.values():
-        for a, b in itertools.combinations(sorted(bufs, key=lambda x: users[x][0][0]), 2):
-            for reader in users[a][1] or users[a][0]:
-                for writer in users[b][0]:
+        for a, b in itertools.combinations(sorted(bufs, key=lambda x: writers[x][0]), 2):
+            for reader in readers.get(a, writers[a]):
+                for writer in writers[b]:
                     assert writer in below[reader], f"{a.name} read by tile {reader} before {b.name} written by {writer}"
                     checked += 1
     assert checked > 0

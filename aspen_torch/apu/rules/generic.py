@@ -87,15 +87,19 @@ def lower_where_or_convert(node, ctx):
     return lower_elementwise(node, ctx)
 
 
+def row_blocks(node: fx.Node, ctx: LoweringContext, shape: Sequence[int], reduced: Sequence[int]) -> list[Box]:
+    """Boxes of `shape` cut along every dim but `reduced`, each spanning the reduced dims."""
+    kept = tuple(d for d in range(len(shape)) if d not in reduced)
+    rows = max(1, int(torch.Size([shape[d] for d in kept]).numel()))
+    return split_dims(shape, kept, _parts(ctx, node, node_meta(node).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
+
+
 def lower_rowwise(node: fx.Node, ctx: LoweringContext, reduced: Sequence[int], tensor_args: dict[int, str],
                   result_index: int = 0, out_shape=None) -> TensorRef:
     """Tiles over every dim but `reduced`; argument i is 'rows' (read at the tile's rows)
     or 'all' (read whole, e.g. a weight)."""
     out = ctx.new_buffer(node, out_shape, channels_last=False)
-    shape = out.shape
-    kept = tuple(d for d in range(len(shape)) if d not in reduced)
-    rows = max(1, int(torch.Size([shape[d] for d in kept]).numel()))
-    boxes = split_dims(shape, kept, _parts(ctx, node, node_meta(node).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
+    boxes = row_blocks(node, ctx, out.shape, reduced)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return box[:len(ref.shape)] if tensor_args.get(i) == "rows" else full_box(ref.shape)
@@ -138,9 +142,7 @@ def lower_safe_softmax(node, ctx):
     xref = ctx.ref(node.args[0])
     dim = node.args[1] % len(xref.shape)
     out = ctx.new_buffer(node, channels_last=False)
-    kept = tuple(d for d in range(len(xref.shape)) if d != dim)
-    rows = max(1, int(torch.Size([xref.shape[d] for d in kept]).numel()))
-    for box in split_dims(out.shape, kept, _parts(ctx, node, node_meta(node).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows)):
+    for box in row_blocks(node, ctx, out.shape, (dim,)):
         tile = Tile(TileKind.SAFE_SOFTMAX, Region(out, box), [Region(xref, box)], (dim,), [], str(node.target),
                     node.name)
         ctx.add_tile(tile, fusible_for=node)
