@@ -57,15 +57,10 @@ class CompiledPartition(torch.nn.Module):
         runtime = SHARED_RUNTIME.get()
         taken = self._take_plan()
         try:
-            with torch.no_grad():
-                for buf, arg in zip(taken.input_buffers, args):
-                    buf.copy_(arg)
-                runtime.run(taken.program, current_request_is_urgent())
-                # Fresh outputs with eager's strides: the buffers are reused by the next call.
-                outputs = tuple(
-                    torch.empty_strided(shape, stride, dtype=dtype).copy_(view)
-                    for (shape, stride, dtype), view in zip(self._output_specs, taken.output_views)
-                )
+            # Fresh outputs with eager's strides: the buffers are reused by the next call.
+            outputs = tuple(torch.empty_strided(shape, stride, dtype=dtype) for shape, stride, dtype in self._output_specs)
+            runtime.run(taken.program, current_request_is_urgent(), copy_in=list(zip(args, taken.input_buffers)),
+                        copy_out=list(zip(taken.output_views, outputs)))
         finally:
             self._give_back(taken)
         return outputs[0] if self._single_output else outputs

@@ -153,6 +153,16 @@ def test_dse_runs_aten_single_threaded_and_caller_keeps_its_threads():
         assert p.tolist() == [1, 1], "at::parallel_for inside a DSE must use one thread"
 
 
+def test_caller_copies_frame_the_request_and_keep_the_callers_threads():
+    runtime = _C.Runtime(2)
+    before = torch.get_num_threads()
+    x, staged, result, y = torch.randn(1 << 18), torch.empty(1 << 18), torch.empty(1 << 18), torch.empty(1 << 18)
+    program = _C.make_program([(COPY, [result, staged], [], [], "copy")], [])
+    runtime.run(program, copy_in=[(x, staged)], copy_out=[(result, y)])
+    assert torch.equal(y, x), "copy_in must land before the tiles run and copy_out after they finish"
+    assert torch.get_num_threads() == before
+
+
 def test_one_openmp_runtime_is_loaded():
     _C.Runtime(1)
     with open("/proc/self/maps") as maps:
