@@ -4,7 +4,10 @@
     python bench/bench.py --quick    # ResNet-50 B1 only, fewer runs (what the README demo prints)
 
 Medians (with min and max) over --runs timed calls after warmup; each round calls every
-backend once, so slow drifts of this shared machine hit all of them alike. The machine's
+backend in turn, so slow drifts of this shared machine hit all of them alike. Within a round a
+backend is called twice and the second call is timed: the first absorbs what the previous
+backend left behind (its OpenMP workers spin for milliseconds after a parallel region, on the
+cores the next backend needs), so each timing is of back-to-back calls of one backend. The machine's
 peak is measured in the same run (a large GEMM and a conv at 1 and at all threads), and
 each row's GFLOP/s is also given as a fraction of it. Peak RSS comes from a fresh process
 per workload and backend (compile plus a few calls), since a process's high-water mark
@@ -206,6 +209,7 @@ def run_workload(workload: Workload, backends: list[str], runs: int, warmup: int
         times = {name: [] for name in backends}
         for _ in range(runs):
             for name, fn in callables.items():
+                fn(*inputs)
                 start = time.perf_counter()
                 fn(*inputs)
                 times[name].append(time.perf_counter() - start)

@@ -1,15 +1,14 @@
 // Sliding-window tiles (convolution and pooling) over a band of output rows.
 // A band's input region is clipped to the real rows; the rows that fall in
-// the op's padding are pad_top / pad_bottom. Equal pads are passed to the
-// kernel as symmetric padding; unequal ones (the first and last band) are
-// materialised with constant_pad_nd so the kernel sees symmetric padding.
+// the op's padding are pad_top / pad_bottom. For ATen's kernels equal pads are
+// passed as symmetric padding and unequal ones (the first and last band) are
+// materialised with constant_pad_nd; max pooling clips its windows itself.
 #include "kernels.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/ops/avg_pool2d.h>
 #include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/max_pool2d.h>
 
 #include <limits>
 
@@ -82,11 +81,58 @@ void run_conv2d(const TileSpec& t) {
   for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);
 }
 
+namespace {
+
+// out[c] = max(out[c], in[c]) over `channels`, NaN-propagating as ATen's max pooling is:
+// a NaN input wins and then stays.
+void max_into(float* out, int64_t out_stride, const float* in, int64_t in_stride, int64_t channels) {
+  if (out_stride == 1 && in_stride == 1) {  // channels-last: a contiguous, vectorisable loop
+    for (int64_t c = 0; c < channels; ++c) out[c] = (in[c] > out[c] || in[c] != in[c]) ? in[c] : out[c];
+    return;
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    const float v = in[c * in_stride];
+    float& m = out[c * out_stride];
+    m = (v > m || v != v) ? v : m;
+  }
+}
+
+}  // namespace
+
+// Max pooling straight from the band's input rows into the output view: windows are clipped
+// to the rows the band holds (pad_top says where they start), so neither the padding nor the
+// result is materialised, and no indices are computed. Channels-last runs over contiguous
+// channels per tap.
 void run_max_pool2d(const TileSpec& t) {
   const auto& v = t.ints;
-  const RowPadding in = symmetric_rows(t.tensors[1], v[4], v[5], -std::numeric_limits<double>::infinity());
-  t.tensors[0].copy_(at::max_pool2d(in.input, {v[0], v[1]}, {v[2], v[3]}, {in.pad_h, v[6]},
-                                    {v[7], v[8]}, v[9] != 0));
+  const at::Tensor& out = t.tensors[0];
+  const at::Tensor& in = t.tensors[1];
+  TORCH_CHECK(in.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "aspen: max pooling tiles take float32");
+  const int64_t kh = v[0], kw = v[1], sh = v[2], sw = v[3], pad_top = v[4], pad_w = v[5], dh = v[6], dw = v[7];
+  const int64_t batch = out.size(0), channels = out.size(1), out_h = out.size(2), out_w = out.size(3);
+  const int64_t in_h = in.size(2), in_w = in.size(3);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const auto is = in.strides();
+  const auto os = out.strides();
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        float* o = dst + n * os[0] + oh * os[2] + ow * os[3];
+        for (int64_t c = 0; c < channels; ++c) o[c * os[1]] = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < kh; ++i) {
+          const int64_t h = oh * sh - pad_top + i * dh;
+          if (h < 0 || h >= in_h) continue;
+          for (int64_t j = 0; j < kw; ++j) {
+            const int64_t w = ow * sw - pad_w + j * dw;
+            if (w < 0 || w >= in_w) continue;
+            max_into(o, os[1], src + n * is[0] + h * is[2] + w * is[3], is[1], channels);
+          }
+        }
+      }
+    }
+  }
 }
 
 void run_avg_pool2d(const TileSpec& t) {

@@ -15,7 +15,7 @@ namespace aspen {
 //   kConv2d      tensors: out, input region, prepacked weight, bias (may be undefined)
 //                ints:    stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, groups
 //   kMaxPool2d   tensors: out, input region
-//                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, ceil_mode
+//                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_w, dil_h, dil_w (out's size says the rest)
 //   kAvgPool2d   tensors: out, input region
 //                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_bottom, pad_w, ceil_mode,
 //                         count_include_pad, divisor_override (0 = none)

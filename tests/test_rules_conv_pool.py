@@ -59,7 +59,23 @@ def test_max_pool2d(kernel, stride, padding, dilation, ceil_mode):
         def forward(self, x):
             return F.max_pool2d(x - 0.5, kernel, stride, padding, dilation, ceil_mode)
 
-    assert_matches_eager(Pool(), torch.randn(2, 5, 19, 14), options={"min_tile_flops": 100})
+    report = assert_matches_eager(Pool(), torch.randn(2, 5, 19, 14), options={"min_tile_flops": 100, "tiles_per_dse": 4})
+    if not ceil_mode:  # ceil_mode windows may overhang a band: its images stay whole
+        assert report.tiles_per_op["aten.max_pool2d_with_indices.default"] > 2, "bands of rows, not whole images"
+
+
+def test_max_pool2d_channels_last_bands_propagate_nan():
+    """ResNet's stem pool on channels-last input cut into bands; a NaN wins its windows as in eager."""
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x * 1.0, 3, 2, 1)
+
+    x = torch.randn(1, 16, 21, 18).contiguous(memory_format=torch.channels_last)
+    x[0, 3, 0, 0] = float("nan")  # a padded corner window (first band)
+    x[0, 7, 20, 17] = float("nan")  # the last band's last row
+    x[0, 0, 10, 5] = float("nan")
+    report = assert_matches_eager(Pool(), x, options={"min_tile_flops": 100, "tiles_per_dse": 4})
+    assert report.tiles_per_op["aten.max_pool2d_with_indices.default"] > 2
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode,count_include_pad,divisor", [

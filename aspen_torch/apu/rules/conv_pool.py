@@ -7,7 +7,7 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import split_dims
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..prepack import pack_conv_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
@@ -94,6 +94,12 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     return out
 
 
+def _pool_flops(out_shape, kernel) -> float:
+    """Pooling is memory-bound: its output elements count at the memory-bound rate (ResNet-50's
+    3x3 max pool, 0.6 ms on one DSE, had been one tile by its ~2 MFLOP of compares)."""
+    return float(out_shape.numel()) * max(kernel[0] * kernel[1], MEMORY_BOUND_FLOPS_PER_ELEMENT)
+
+
 def _check_max_pool(node: fx.Node, is_frozen):
     if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
         return "uses the pooling indices"
@@ -108,11 +114,9 @@ def lower_max_pool2d(node: fx.Node, ctx: LoweringContext):
     stride = pair(stride) if stride else kernel
     padding, dilation = pair(padding or 0), pair(dilation or 1)
     oshape = node_meta(node).shape
-    flops = float(oshape.numel() * kernel[0] * kernel[1])
     out = _window_tiles(
-        node, ctx, TileKind.MAX_POOL2D, x, oshape, kernel, stride, padding, dilation, flops, not ceil_mode,
-        lambda *_: [],
-        lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], *dilation, int(bool(ceil_mode))))
+        node, ctx, TileKind.MAX_POOL2D, x, oshape, kernel, stride, padding, dilation, _pool_flops(oshape, kernel),
+        not ceil_mode, lambda *_: [], lambda top, bottom: (*kernel, *stride, top, padding[1], *dilation))
     return (out, None)
 
 
@@ -130,9 +134,9 @@ def lower_avg_pool2d(node: fx.Node, ctx: LoweringContext):
     count_include_pad = True if count_include_pad is None else bool(count_include_pad)
     # Explicit zero rows only equal the op's own padding when padding counts in the divisor.
     split_rows = not ceil_mode and (count_include_pad or padding[0] == 0)
-    flops = float(node_meta(node).numel() * kernel[0] * kernel[1])
     return _window_tiles(
-        node, ctx, TileKind.AVG_POOL2D, x, node_meta(node).shape, kernel, stride, padding, (1, 1), flops, split_rows,
+        node, ctx, TileKind.AVG_POOL2D, x, node_meta(node).shape, kernel, stride, padding, (1, 1),
+        _pool_flops(node_meta(node).shape, kernel), split_rows,
         lambda *_: [],
         lambda top, bottom: (*kernel, *stride, top, bottom, padding[1], int(bool(ceil_mode)),
                              int(count_include_pad), int(divisor or 0)))
