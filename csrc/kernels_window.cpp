@@ -20,9 +20,10 @@ struct RowPadding {
   int64_t pad_h;
 };
 
-RowPadding symmetric_rows(const at::Tensor& input, int64_t top, int64_t bottom, double fill) {
+// Convolution and average pooling (whose padding counts zeros) see zero rows.
+RowPadding symmetric_rows(const at::Tensor& input, int64_t top, int64_t bottom) {
   if (top == bottom) return {input, top};
-  return {at::constant_pad_nd(input, {0, 0, top, bottom}, fill), 0};
+  return {at::constant_pad_nd(input, {0, 0, top, bottom}, 0.0), 0};
 }
 
 const c10::OperatorHandle& mkldnn_conv_inplace_add() {
@@ -44,7 +45,7 @@ void run_conv2d(const TileSpec& t) {
   const at::Tensor& out = t.tensors[0];
   TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast) || out.is_contiguous(),
               "aspen: convolution tile output view is not dense");
-  RowPadding in = symmetric_rows(t.tensors[1], v[2], v[3], 0.0);
+  RowPadding in = symmetric_rows(t.tensors[1], v[2], v[3]);
   // oneDNN writes the output in the input's layout; the output view is channels-last.
   if (!in.input.is_contiguous(at::MemoryFormat::ChannelsLast))
     in.input = in.input.contiguous(at::MemoryFormat::ChannelsLast);
@@ -139,7 +140,7 @@ void run_avg_pool2d(const TileSpec& t) {
   const auto& v = t.ints;
   // The APU only splits rows of an average pool whose padding counts in the
   // divisor, so explicit zero rows give the same result as implicit padding.
-  const RowPadding in = symmetric_rows(t.tensors[1], v[4], v[5], 0.0);
+  const RowPadding in = symmetric_rows(t.tensors[1], v[4], v[5]);
   const std::optional<int64_t> divisor = v[9] != 0 ? std::optional<int64_t>(v[9]) : std::nullopt;
   t.tensors[0].copy_(at::avg_pool2d(in.input, {v[0], v[1]}, {v[2], v[3]}, {in.pad_h, v[6]},
                                     v[7] != 0, v[8] != 0, divisor));

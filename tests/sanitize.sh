@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the runtime's own tests (random DAGs, many-DSE stress, adding and removing DSEs while
-# requests run, failing tiles, tenants, the memory plan's reuse edges) against an extension
-# built with AddressSanitizer or ThreadSanitizer. Python and torch are not instrumented, so
+# Runs tests (meant for the runtime's own: random DAGs, many-DSE stress, adding and removing
+# DSEs while requests run, failing tiles, tenants, the memory plan's reuse edges) against an
+# extension built with AddressSanitizer or ThreadSanitizer. Python and torch are not instrumented, so
 # the sanitizer's runtime is preloaded; the build goes to a scratch directory and leaves the
 # regular in-place build alone.
 #   tests/sanitize.sh address tests/test_runtime.py tests/test_memory_plan.py tests/test_tenants.py
@@ -11,16 +11,16 @@
 set -euo pipefail
 kind=${1:?usage: tests/sanitize.sh address|thread [pytest arguments]}
 cd "$(dirname "$0")/.."
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
-mkdir "$scratch/aspen_torch"
-(cd aspen_torch && find . -name '*.py' -exec cp --parents {} "$scratch/aspen_torch/" \;)
-ASPEN_SANITIZE=$kind python setup.py -q build_ext --build-lib "$scratch" --build-temp "$scratch/tmp" >/dev/null
 case $kind in
   address) runtime=libasan.so; export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 ;;
   thread) runtime=libtsan.so; export TSAN_OPTIONS=halt_on_error=1 ;;
   *) echo "unknown sanitizer: $kind" >&2; exit 2 ;;
 esac
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+mkdir "$scratch/aspen_torch"
+(cd aspen_torch && find . -name '*.py' -exec cp --parents {} "$scratch/aspen_torch/" \;)
+ASPEN_SANITIZE=$kind python setup.py -q build_ext --build-lib "$scratch" --build-temp "$scratch/tmp" >/dev/null
 # libstdc++ is preloaded beside it: the sanitizer finds the real __cxa_throw only in a
 # library loaded before it (python itself does not link libstdc++).
 PYTHONPATH="$scratch" LD_PRELOAD="$(gcc -print-file-name=$runtime) $(gcc -print-file-name=libstdc++.so.6)" \
