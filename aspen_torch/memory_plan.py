@@ -4,11 +4,12 @@ written (cache-hot) memory is written again instead of cold memory.
 
 Tile indices are a topological order (lowering appends tiles in graph order), so a
 buffer is live from its first writer to its last reader. A buffer takes over a slot
-only after the previous occupant's last reader, and every writer of the new buffer
-gets an edge from every reader of the old one (write-after-read): tiles of later ops
-may run ahead of earlier ones, and without that edge a writer could overwrite data a
-slower DSE has yet to read. Those edges go from lower to higher tile indices, so the
-graph stays acyclic.
+only after the previous occupant's last use, and every writer of the new buffer gets an
+edge from every tile that last touches the old one: each reader (write-after-read), and
+each writer that no reader depends on (write-after-write: a dead value, or rows a strided
+reader skips). Tiles of later ops may run ahead of earlier ones; without those edges a
+writer could overwrite data a slower DSE has yet to read, or be overwritten by a late one.
+The edges go from lower to higher tile indices, so the graph stays acyclic.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _nbytes(buf: Buffer) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-def buffer_uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[int]]]:
+def _buffer_uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[int]]]:
     """Tiles writing and reading each buffer (a tile's inputs are every view it reads)."""
     writers: dict[Buffer, list[int]] = {}
     readers: dict[Buffer, list[int]] = {}
@@ -47,14 +48,29 @@ def buffer_uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer,
     return writers, readers
 
 
+def _last_touches(graph: TileGraph, writers: dict[Buffer, list[int]],
+                  readers: dict[Buffer, list[int]]) -> dict[Buffer, list[int]]:
+    """Per buffer, the tiles after which nothing touches it: its readers, and the writers
+    none of its readers depends on (lowering adds an edge from each writer to each reader
+    of what it wrote, so a writer without such an edge is ordered before no reader)."""
+    children: dict[int, set[int]] = {}
+    for parent, child in graph.edges:
+        children.setdefault(parent, set()).add(child)
+    last: dict[Buffer, list[int]] = {}
+    for buf, buf_writers in writers.items():
+        read = set(readers.get(buf, []))
+        last[buf] = sorted(read | {w for w in buf_writers if not children.get(w, set()) & read})
+    return last
+
+
 def plan_memory(graph: TileGraph) -> MemoryPlan:
-    writers, readers = buffer_uses(graph)
+    writers, readers = _buffer_uses(graph)
     pinned = {ref.buffer for ref in graph.input_refs} | {ref.buffer for ref in graph.output_refs}
     shared = [b for b in writers if b.constant is None and b not in pinned]
     shared.sort(key=lambda b: writers[b][0])
 
-    # A buffer nobody reads (a dead value) is free after its last writer.
-    last_use = {b: max(readers.get(b, writers[b])) for b in shared}
+    last_touches = _last_touches(graph, writers, readers)
+    last_use = {b: max(last_touches[b]) for b in shared}
     slot_bytes: list[int] = []
     occupant: list[Buffer] = []  # last buffer placed in each slot
     slot_of: dict[Buffer, int] = {}
@@ -77,9 +93,9 @@ def plan_memory(graph: TileGraph) -> MemoryPlan:
             occupant.append(buf)
         if occupant[slot] is not buf:
             old = occupant[slot]
-            for reader in readers.get(old, writers[old]):
+            for before in last_touches[old]:
                 for writer in writers[buf]:
-                    extra_edges.add((reader, writer))
+                    extra_edges.add((before, writer))
             occupant[slot] = buf
         slot_of[buf] = slot
     return MemoryPlan(slot_bytes, slot_of, sorted(extra_edges))

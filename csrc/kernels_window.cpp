@@ -9,6 +9,7 @@
 #include <ATen/core/stack.h>
 #include <ATen/ops/avg_pool2d.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
 
 #include <limits>
 
@@ -40,11 +41,15 @@ const c10::OperatorHandle& mkldnn_conv_inplace_add() {
 // oneDNN's in-place form accepts after the add). No output is
 // allocated and the result is written once. Epilogue steps it could not fuse
 // run afterwards, in place.
+//
+// A tile of an output-channel block writes a channel slice of a channels-last buffer, a
+// strided view that oneDNN cannot write: it convolves into a dense scratch tensor and
+// copies the block over (at most a few hundred KB, against a conv that reads MBs of weights).
 void run_conv2d(const TileSpec& t) {
   const auto& v = t.ints;
-  const at::Tensor& out = t.tensors[0];
-  TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast) || out.is_contiguous(),
-              "aspen: convolution tile output view is not dense");
+  const at::Tensor& view = t.tensors[0];
+  const bool dense = view.is_contiguous(at::MemoryFormat::ChannelsLast) || view.is_contiguous();
+  const at::Tensor out = dense ? view : at::empty(view.sizes(), view.options().memory_format(at::MemoryFormat::ChannelsLast));
   RowPadding in = symmetric_rows(t.tensors[1], v[2], v[3]);
   // oneDNN writes the output in the input's layout; the output view is channels-last.
   if (!in.input.is_contiguous(at::MemoryFormat::ChannelsLast))
@@ -78,8 +83,9 @@ void run_conv2d(const TileSpec& t) {
   stack.emplace_back(c10::IValue());
   mkldnn_conv_inplace_add().callBoxed(&stack);
   TORCH_INTERNAL_ASSERT(stack[0].toTensor().data_ptr() == out.data_ptr(), "oneDNN did not write in place");
+  if (!dense) view.copy_(out);
 
-  for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);
+  for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], view, view, t.tensors);
 }
 
 namespace {

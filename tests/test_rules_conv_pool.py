@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import assert_matches_eager
 
+import aspen_torch
+
 
 class Conv(nn.Module):
     def __init__(self, cin, cout, k, stride=1, padding=0, dilation=1, groups=1, bias=True):
@@ -49,6 +51,39 @@ def test_conv_followed_by_batch_norm_is_folded():
         model[1].bias.uniform_(-1, 1)
     report = assert_matches_eager(model, torch.randn(2, 4, 13, 11))
     assert set(report.tiles_per_op) == {"aten.convolution.default"}, "BN and ReLU run inside the conv tiles"
+
+
+class ResidualConv(nn.Module):
+    """ResNet's late-layer pattern: weights far larger than the 7x7-ish image, BN, residual add, ReLU."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.pool = nn.MaxPool2d(1, stride)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)) + self.pool(x))
+
+
+@pytest.mark.parametrize("batch,stride,tiles_per_dse", [(1, 1, 1), (1, 2, 3), (2, 1, 2)])
+def test_heavy_weight_conv_is_cut_into_output_channel_blocks(batch, stride, tiles_per_dse):
+    """Weights larger than an image: each tile convolves whole images with a block of output
+    channels (row bands would each re-read all weights), writing a channel slice of the
+    channels-last buffer, with BN, the residual add and ReLU fused."""
+    model = ResidualConv(64, stride).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(batch, 64, 7, 6)
+    options = {"num_dses": 2, "tiles_per_dse": tiles_per_dse, "min_tile_flops": 1e4}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    conv = [t for t in graph.tiles if t.op_label == "aten.convolution.default"]
+    blocks = {t.out.box[1] for t in conv}
+    assert len(blocks) > 1 and len(conv) == batch * len(blocks)
+    assert all(t.out.box[2] == (0, t.out.ref.shape[2]) for t in conv), "every tile has all rows"
+    assert all(t.epilogue for t in conv), "the residual add and ReLU run inside the conv tiles"
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", [

@@ -1,13 +1,14 @@
-"""Convolution and pooling: output row bands (or batch chunks) whose input rows follow from the receptive field."""
+"""Convolution and pooling: output row bands, batch chunks or (convolutions whose weights outweigh an image) output-channel blocks; input rows follow from the receptive field."""
 from __future__ import annotations
 
 import operator
+from typing import Optional
 
 import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..prepack import pack_conv_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
@@ -15,6 +16,15 @@ from ..window import Window, output_bands, pair
 from .norm import absorb_batch_norm
 
 aten = torch.ops.aten
+
+
+def _band_rows(rows: Window, out_start: int, out_stop: int, size: int) -> tuple[int, int, int, int, int, int]:
+    """Input rows [start, stop) of an output band, its padding rows above and below, and the
+    rows and symmetric padding its kernel sees: the kernel passes equal pads as the op's
+    padding and materialises unequal ones."""
+    start, stop, top, bottom = rows.input_rows(out_start, out_stop, size)
+    seen = (stop - start, top) if top == bottom else (stop - start + top + bottom, 0)
+    return start, stop, top, bottom, *seen
 
 
 def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_shape, kernel, stride, padding,
@@ -33,9 +43,7 @@ def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_sh
     tiles = ctx.policy.num_tiles(flops, n * oh, batch=n)
     bands = output_bands(n, oh, tiles, split_rows)
     for n0, n1, o0, o1 in bands:
-        i0, i1, top, bottom = rows.input_rows(o0, o1, h)
-        # The kernel passes equal pads as the op's padding and materialises unequal ones.
-        seen_rows, seen_pad = (i1 - i0, top) if top == bottom else (i1 - i0 + top + bottom, 0)
+        i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(rows, o0, o1, h)
         in_box = ((n0, n1), (0, c), (i0, i1), (0, w))
         out_box = ((n0, n1), (0, oc), (o0, o1), (0, ow))
         tile = Tile(kind, Region(out, out_box), [Region(xref, in_box), *extra_inputs_of(n1 - n0, seen_rows, seen_pad)],
@@ -57,6 +65,26 @@ def _check_conv(node: fx.Node, is_frozen):
     return None
 
 
+# Output-channel blocks are multiples of oneDNN's AVX-512 vector of floats, so every
+# block's weights pack alike and no block ends in a partial vector.
+_CHANNEL_BLOCK = 16
+
+
+def _output_channel_blocks(n: int, in_elements: int, weight: torch.Tensor, groups: int,
+                           tiles: int) -> Optional[list[tuple[int, int]]]:
+    """Output-channel ranges for tiles that convolve whole images with a block of the
+    weights, or None for row bands. A row band re-reads every weight and a channel block
+    re-reads the whole image, so blocks win where the weights outweigh an image. Measured
+    on one thread, two tiles against the whole conv (ResNet-50 B1): layer-4 3x3 row bands
+    1.39x, channel blocks 0.97x; layer-3 3x3 1.14x vs 1.02x; layer-2 3x3 1.07x vs 1.02x."""
+    oc = weight.shape[0]
+    per_image = -(-tiles // n)
+    if tiles <= n or groups != 1 or oc % _CHANNEL_BLOCK or weight.numel() <= in_elements:
+        return None
+    blocks = split_range(oc // _CHANNEL_BLOCK, per_image)
+    return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
+
+
 @RULES.register(aten.convolution.default, check=_check_conv)
 def lower_convolution(node: fx.Node, ctx: LoweringContext):
     x, w, b, stride, padding, dilation, _, _, groups = node.args
@@ -71,24 +99,40 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     _, _, oh, ow = node_meta(node).shape
     flops = 2.0 * n * oc * oh * ow * (c // groups) * kh * kw
     weight = weight.contiguous()
-    bias_region = Region(TensorRef.of(ctx.constant_buffer(bias.contiguous())), ((0, oc),)) if bias is not None else None
-    packed: dict[tuple[int, int, int], Region] = {}
+    bias_ref = TensorRef.of(ctx.constant_buffer(bias.contiguous())) if bias is not None else None
+    packed: dict[tuple[int, ...], Region] = {}
 
-    def weight_for(batch: int, rows: int, pad_h: int) -> list:
+    def inputs_for(batch: int, rows: int, pad_h: int, channels: tuple[int, int] = (0, oc)) -> list:
         # One packing per input shape a tile sees (for 1x1 convs the layout depends
-        # on the spatial size); the tiles of one op share a few shapes.
-        key = (batch, rows, pad_h)
+        # on the spatial size) and per output-channel block; the tiles of one op share a few.
+        key = (batch, rows, pad_h, *channels)
         if key not in packed:
-            weight_tensor = pack_conv_weight(weight, [pad_h, padding[1]], stride, dilation, groups,
+            block = weight[channels[0]:channels[1]]
+            weight_tensor = pack_conv_weight(block, [pad_h, padding[1]], stride, dilation, groups,
                                              [batch, c, rows, wd])
             ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
-            packed[key] = Region(ref, tuple((0, s) for s in weight.shape))
+            packed[key] = Region(ref, tuple((0, s) for s in block.shape))
+        bias_region = Region(bias_ref, (channels,)) if bias_ref is not None else None
         return [packed[key], bias_region]
 
-    out = _window_tiles(
-        node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding, dilation, flops, True,
-        weight_for,
-        lambda top, bottom: (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups))
+    def ints_of(top: int, bottom: int) -> tuple[int, ...]:
+        return (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups)
+
+    blocks = _output_channel_blocks(n, c * h * wd, weight, groups, ctx.policy.num_tiles(flops, n * oh, batch=n))
+    if blocks is None:
+        out = _window_tiles(node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding,
+                            dilation, flops, True, inputs_for, ints_of)
+    else:
+        out = ctx.new_buffer(node)
+        i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(Window(kh, stride[0], padding[0], dilation[0]), 0, oh, h)
+        for image in range(n):
+            for channels in blocks:
+                in_box = ((image, image + 1), (0, c), (i0, i1), (0, wd))
+                out_box = ((image, image + 1), channels, (0, oh), (0, ow))
+                tile = Tile(TileKind.CONV2D, Region(out, out_box),
+                            [Region(xref, in_box), *inputs_for(1, seen_rows, seen_pad, channels)],
+                            ints_of(top, bottom), [], str(node.target), node.name)
+                ctx.add_tile(tile, fusible_for=node)
     if batch_norm is not None:
         ctx.absorb(node, batch_norm, (out, None, None))
     return out
