@@ -13,6 +13,7 @@ from torch._decomp import core_aten_decompositions
 from torch._dynamo.source import is_from_unspecialized_param_buffer_source
 from torch._functorch.aot_autograd import aot_module_simplified
 
+from . import _C
 from .apu.registry import RULES
 from .errors import AspenError
 
@@ -59,31 +60,27 @@ class FrozenInputsGuard:
         # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles.
         self._aten_graph = copy.deepcopy(aten_graph)
         self._positions = positions
+        self._every_position = list(range(len(positions)))
         self._compile_captured = compile_captured
         self._compiled: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self._compile_for(tensors, aten_graph)
 
-    @staticmethod
-    def _signature(tensors: list[torch.Tensor]) -> tuple:
-        return tuple((id(t), t._version) for t in tensors)
-
     def _compile_for(self, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
         fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
-        # The tensors stay referenced with their entry, so their ids are not reused meanwhile.
-        self._compiled[self._signature(tensors)] = (fn, tensors)
+        # The tensors stay referenced with their entry, so their identities are not reused meanwhile.
+        self._compiled[_C.frozen_signature(tensors, self._every_position)] = (fn, tensors)
         while len(self._compiled) > self.MAX_WEIGHT_SETS:
             self._compiled.popitem(last=False)
         return fn
 
     def __call__(self, args: list) -> Any:
-        tensors = [args[i] for i in self._positions]
-        entry = self._compiled.get(self._signature(tensors))
+        entry = self._compiled.get(_C.frozen_signature(args, self._positions))
         if entry is not None:
             fn = entry[0]
         else:
             with self._lock:
-                fn = self._compile_for(tensors, copy.deepcopy(self._aten_graph))
+                fn = self._compile_for([args[i] for i in self._positions], copy.deepcopy(self._aten_graph))
         return fn(*args)
 
 
