@@ -1,4 +1,5 @@
-"""Convolution and pooling: output row bands, batch chunks or (convolutions whose weights outweigh an image) output-channel blocks; input rows follow from the receptive field."""
+"""Convolution and pooling: batch chunks, output row bands whose input rows follow from the
+receptive field, or (convolutions whose weights outweigh an image) output-channel blocks."""
 from __future__ import annotations
 
 import operator
