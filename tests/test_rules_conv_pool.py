@@ -66,22 +66,26 @@ class ResidualConv(nn.Module):
         return torch.relu(self.bn(self.conv(x)) + self.pool(x))
 
 
-@pytest.mark.parametrize("batch,stride,tiles_per_dse", [(1, 1, 1), (1, 2, 3), (2, 1, 2)])
-def test_heavy_weight_conv_is_cut_into_output_channel_blocks(batch, stride, tiles_per_dse):
+@pytest.mark.parametrize("channels,batch,stride,tiles_per_dse", [
+    (64, 1, 1, 1), (64, 1, 2, 3), (64, 2, 1, 2), (128, 1, 2, 4)])
+def test_heavy_weight_conv_is_cut_into_output_channel_blocks(channels, batch, stride, tiles_per_dse):
     """Weights larger than an image: each tile convolves whole images with a block of output
     channels (row bands would each re-read all weights), writing a channel slice of the
-    channels-last buffer, with BN, the residual add and ReLU fused."""
-    model = ResidualConv(64, stride).eval()
+    channels-last buffer, with BN, the residual add and ReLU fused. Blocks are not capped
+    by the output's rows (4 rows at stride 2, 8 tiles wanted)."""
+    model = ResidualConv(channels, stride).eval()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
         model.bn.running_var.uniform_(0.5, 2)
-    x = torch.randn(batch, 64, 7, 6)
+    x = torch.randn(batch, channels, 7, 6)
     options = {"num_dses": 2, "tiles_per_dse": tiles_per_dse, "min_tile_flops": 1e4}
     assert_matches_eager(model, x, options=options)
     (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
     conv = [t for t in graph.tiles if t.op_label == "aten.convolution.default"]
     blocks = {t.out.box[1] for t in conv}
     assert len(blocks) > 1 and len(conv) == batch * len(blocks)
+    if channels == 128:
+        assert len(blocks) == 8 > conv[0].out.ref.shape[2]
     assert all(t.out.box[2] == (0, t.out.ref.shape[2]) for t in conv), "every tile has all rows"
     assert all(t.epilogue for t in conv), "the residual add and ReLU run inside the conv tiles"
 
