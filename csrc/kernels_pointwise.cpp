@@ -22,11 +22,9 @@
 
 namespace aspen {
 
-void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Tensor& in,
-                     const std::vector<at::Tensor>& tensors) {
-  at::Tensor& o = const_cast<at::Tensor&>(out);
-  const at::Tensor* operand = s.operand >= 0 ? &tensors[s.operand] : nullptr;
-  TORCH_INTERNAL_ASSERT(s.operand < static_cast<int32_t>(tensors.size()));
+namespace {
+
+void apply(const PointwiseStep& s, at::Tensor& o, const at::Tensor& in, const at::Tensor* operand) {
   switch (s.op) {
     case PointwiseOp::kAdd: at::add_out(o, in, *operand, s.a); return;
     case PointwiseOp::kSub: at::sub_out(o, in, *operand, s.a); return;
@@ -47,6 +45,24 @@ void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Te
     case PointwiseOp::kGelu: at::gelu_out(o, in, s.a != 0 ? "tanh" : "none"); return;
   }
   TORCH_INTERNAL_ASSERT(false, "unknown pointwise op ", static_cast<int>(s.op));
+}
+
+}  // namespace
+
+void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Tensor& in,
+                     const std::vector<at::Tensor>& tensors) {
+  TORCH_INTERNAL_ASSERT(s.operand < static_cast<int32_t>(tensors.size()));
+  const at::Tensor* operand = s.operand >= 0 ? &tensors[s.operand] : nullptr;
+  if (operand != nullptr && operand->sizes() != out.sizes()) {
+    // An operand in the shape of the value the tile's output is a reshape of (lower.py,
+    // _operand_region): the output is viewed in that shape, element for element.
+    TORCH_INTERNAL_ASSERT(operand->numel() == out.numel(), "epilogue operand does not match the tile's output");
+    at::Tensor o = out.view(operand->sizes());
+    apply(s, o, in.view(operand->sizes()), operand);
+    return;
+  }
+  at::Tensor& o = const_cast<at::Tensor&>(out);
+  apply(s, o, in, operand);
 }
 
 void run_pointwise(const TileSpec& t) {

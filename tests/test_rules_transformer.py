@@ -43,6 +43,23 @@ def test_bmm_and_matmul_with_leading_dims():
                          options=MANY_TILES)
 
 
+@pytest.mark.parametrize("tiles_per_dse", [1, 3])
+def test_attention_mask_add_runs_in_the_score_tiles(tiles_per_dse):
+    """Scores written as [batch x heads, q, k] and viewed as [batch, heads, q, k], plus a
+    [batch, 1, q, k] mask expanded over heads: the mask has no view in the tiles' shape, so
+    the add runs as an epilogue on the output viewed in the scores' shape."""
+    class Model(nn.Module):
+        def forward(self, q, k, mask):
+            scores = torch.bmm(q, k).view(2, 3, 13, 11)
+            return F.softmax(scores + mask, dim=-1)
+
+    mask = torch.randn(2, 1, 13, 11)
+    options = {"min_tile_flops": 1e3, "tiles_per_dse": tiles_per_dse}
+    report = assert_matches_eager(Model(), torch.randn(6, 13, 8), torch.randn(6, 8, 11), mask, options=options)
+    assert "aten.add.Tensor" not in report.tiles_per_op
+    assert report.tiles_per_op["aten.bmm.default"] > 1
+
+
 def test_masks_of_other_dtypes():
     class Model(nn.Module):
         def forward(self, x, mask):

@@ -7,6 +7,7 @@ edges are the only ones needed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any, Optional, Sequence, Union
 
@@ -24,6 +25,7 @@ from .tile_graph import (
     TensorRef,
     Tile,
     TileGraph,
+    box_through_view,
     boxes_intersect,
     full_box,
 )
@@ -147,7 +149,7 @@ class LoweringContext:
             return False
         if operand is not None and ref.steps:
             operand_ref = self.expand_to(self.ref(operand), ref.shape)
-            if any(operand_ref.reshaped(self.tiles[i].out.ref.shape) is None for i in self._fusible[primary]):
+            if any(self._operand_region(operand_ref, ref, self.tiles[i]) is None for i in self._fusible[primary]):
                 return False
         self.absorb(primary, node, ref)
         self.append_epilogue(node, op, operand, a, b)
@@ -162,14 +164,37 @@ class LoweringContext:
             tile = self.tiles[index]
             operand_index = None
             if operand_ref is not None:
-                # Through a reshape of the tiles' output, the operand is reshaped back alike.
-                seen = operand_ref.reshaped(tile.out.ref.shape) if ref.steps else operand_ref
-                assert seen is not None, "aspen: epilogue operand has no view in the tile's shape"
-                region = Region(seen, tile.out.box)
+                region = self._operand_region(operand_ref, ref, tile) if ref.steps else Region(operand_ref, tile.out.box)
+                assert region is not None, "aspen: epilogue operand has no region matching the tile's output"
                 tile.inputs.append(region)
                 operand_index = len(tile.inputs)
                 self._depend(index, region)
             tile.epilogue.append(EpilogueStep(op, operand_index, a, b))
+
+    @staticmethod
+    def _operand_region(operand_ref: TensorRef, value: TensorRef, tile: Tile) -> Optional[Region]:
+        """The region of an epilogue operand (already expanded to the value's shape) that
+        meets `tile`'s output element for element, when the value is a reshape of what the
+        tile writes. Preferably the operand reshaped to the tile's shape; when no such view
+        exists (attention's mask expanded over heads, against scores written as [batch x
+        heads, ...]) the operand in the value's shape, over the tile's box mapped there: the
+        kernel then views its output in that shape, which needs the box to map exactly and
+        the output view to allow it."""
+        seen = operand_ref.reshaped(tile.out.ref.shape)
+        if seen is not None:
+            return Region(seen, tile.out.box)
+        if tile.out.ref.steps:
+            return None
+        box = box_through_view(tile.out.box, value.shape, tile.out.ref.shape)
+        box_shape = [stop - start for start, stop in box]
+        if math.prod(box_shape) != math.prod(stop - start for start, stop in tile.out.box):
+            return None
+        out_view = tile.out.ref.meta()[tuple(slice(start, stop) for start, stop in tile.out.box)]
+        try:
+            out_view.view(box_shape)
+        except RuntimeError:
+            return None
+        return Region(operand_ref, box)
 
     def keep_fusible_through_view(self, source: Any, view: fx.Node) -> None:
         """A reshape, permute or alias that is the only reader of a fusible value stays

@@ -131,7 +131,7 @@ def _flat_range_box(lo: int, hi: int, sizes: Sequence[int]) -> list[tuple[int, i
     return [(first, last + 1)] + [(0, s) for s in sizes[1:]]
 
 
-def _box_through_view(box: Box, before: Sequence[int], after: Sequence[int]) -> Box:
+def box_through_view(box: Box, before: Sequence[int], after: Sequence[int]) -> Box:
     """Maps a box of a reshaped view back to the smallest covering box of its source."""
     groups = _reshape_groups(before, after)
     if groups is None:
@@ -151,7 +151,7 @@ def _box_through_view(box: Box, before: Sequence[int], after: Sequence[int]) -> 
 def _box_through_step(box: Box, step: ViewStep, before: tuple[int, ...]) -> Box:
     """The box of the step's input that a read of `box` of its output touches."""
     if step.op == "view":
-        return _box_through_view(box, before, step.shape)
+        return box_through_view(box, before, step.shape)
     if step.op == "permute":
         mapped: list = [None] * len(before)
         for out_dim, in_dim in enumerate(step.arg):
