@@ -60,7 +60,6 @@ class FrozenInputsGuard:
         # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles.
         self._aten_graph = copy.deepcopy(aten_graph)
         self._positions = positions
-        self._every_position = list(range(len(positions)))
         self._compile_captured = compile_captured
         self._compiled: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -69,7 +68,7 @@ class FrozenInputsGuard:
     def _compile_for(self, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
         fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
         # The tensors stay referenced with their entry, so their identities are not reused meanwhile.
-        self._compiled[_C.frozen_signature(tensors, self._every_position)] = (fn, tensors)
+        self._compiled[_C.frozen_signature(tensors, list(range(len(tensors))))] = (fn, tensors)
         while len(self._compiled) > self.MAX_WEIGHT_SETS:
             self._compiled.popitem(last=False)
         return fn
