@@ -52,8 +52,8 @@ def test_bert_base(batch, seq):
 
 def test_encoder_layer_tiles_depend_only_on_what_they_read():
     """The next layer's projections read row blocks of this layer's output layer norm: each
-    tile waits for the layer-norm tiles of its rows only, not for the whole layer. The first
-    attention matmul of a (batch, head, query block) waits only for its batch's Q and K."""
+    tile waits for the layer-norm tiles of its rows only, not for the whole layer. The fused
+    attention of a (batch, head, query block) waits only for its batch's Q, K and V."""
     config = transformers.BertConfig(**SMALL)
     options = {"strict": True, "min_tile_flops": 1e3, "tiles_per_dse": 4, "num_dses": 2}
     report = aspen_torch.explain(BertOutputs(config), *inputs(config, 3, 37), options=options)
@@ -73,8 +73,8 @@ def test_encoder_layer_tiles_depend_only_on_what_they_read():
     for tile in next_projections:
         waits_for = parents[tile] & set(end_of_layer0)
         assert 0 < len(waits_for) < len(end_of_layer0), "a projection tile waits only for the rows it reads"
-    bmm_tiles = by_node[next(n for n in by_node if n.startswith("bmm"))]
-    assert len(bmm_tiles) > 3
-    for tile in bmm_tiles:
+    attention_tiles = by_node[next(n for n in by_node if n.startswith("_scaled_dot_product_flash_attention"))]
+    assert len(attention_tiles) > 3
+    for tile in attention_tiles:
         producers = {graph.tiles[p].node_name for p in parents[tile]}
         assert len(parents[tile]) < sum(len(by_node[n]) for n in producers), "a query block waits for its batch only"

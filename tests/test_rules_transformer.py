@@ -85,13 +85,14 @@ def test_scaled_dot_product_attention(causal, with_mask):
 
 
 def test_safe_softmax_zeroes_fully_masked_rows_only():
-    """SDPA with a boolean mask runs aten._safe_softmax as one tile kind: rows masked
-    throughout give zeros (not NaN), and a NaN in a live row still propagates as in eager."""
+    """SDPA that the fused kernel does not take (value head size differs from the query's)
+    runs its math form, with aten._safe_softmax as one tile kind: rows masked throughout
+    give zeros (not NaN), and a NaN in a live row still propagates as in eager."""
     class Model(nn.Module):
         def forward(self, q, k, v, mask):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16)
+    q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 12)
     mask = torch.rand(2, 1, 13, 13) > 0.3
     mask[0, :, 4] = False  # query row 4 of batch 0 sees nothing
     mask[1, :, :, :] = False  # batch 1 sees nothing at all
@@ -99,6 +100,48 @@ def test_safe_softmax_zeroes_fully_masked_rows_only():
     report = assert_matches_eager(Model(), q, k, v, mask, options=MANY_TILES, rtol=1e-4, atol=1e-5)
     assert report.tiles_per_op.get("aten._safe_softmax.default", 0) > 1
     assert not {"aten.eq.Scalar", "aten.all.dim", "aten.full_like.default"} & set(report.tiles_per_op)
+
+
+FLASH = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "float 2-d", "float per batch", "bool, rows fully masked"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_attention_tiles(mask_kind, causal):
+    """SDPA runs as fused-attention tiles, cut over batch, heads and (unless causal) query
+    rows; Q/K/V are read through the strides of a projection's [batch, seq, heads, dim]
+    layout and the output is laid out the same way."""
+    class Model(nn.Module):
+        def forward(self, x, mask):
+            q, k, v = (x * 0.5).view(2, 13, 3, 3, 16).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+            return out.transpose(1, 2).reshape(2, 13, 48) + 1
+
+    masks = {"none": None, "float 2-d": torch.randn(13, 13), "float per batch": torch.randn(2, 1, 13, 13)}
+    mask = masks.get(mask_kind)
+    if mask_kind.startswith("bool"):
+        mask = torch.rand(2, 1, 13, 13) > 0.3
+        mask[0, :, 4] = False
+        mask[1] = False
+    options = {"min_tile_flops": 1e3, "tiles_per_dse": 8}  # 16 tiles wanted, 6 (batch, head) pairs
+    report = assert_matches_eager(Model(), torch.randn(2, 13, 144), mask, options=options, atol=1e-5)
+    if causal and mask is None:
+        assert report.tiles_per_op[FLASH] == 6
+    else:
+        assert report.tiles_per_op[FLASH] > 6, "query rows are cut too"
+    assert not {"aten.bmm.default", "aten.clone.default", "aten._unsafe_view.default"} & set(report.tiles_per_op)
+
+
+def test_fused_attention_copies_operands_without_dense_rows():
+    """ATen's kernel reads every dimension but the last through strides, and the last as
+    dense: 4-d inputs, which aspen keeps channels-last, are copied first."""
+    class Model(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16)
+    report = assert_matches_eager(Model(), q, k, v, options=MANY_TILES)
+    assert report.tiles_per_op[FLASH] > 1
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -8,7 +8,7 @@ tiny mask ops without a useful cut run as one tile.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -42,11 +42,14 @@ def broadcast_box(box: Box, shape: Sequence[int]) -> Box:
 
 
 def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Sequence[Box],
-               arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0) -> TensorRef:
+               arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0,
+               operands: Optional[dict[int, TensorRef]] = None) -> TensorRef:
     """One aten-op tile per output box; arg_region(i, ref, box) gives the box of tensor
-    argument i (schema position) that the tile reads."""
+    argument i (schema position) that the tile reads. `operands` replaces the refs of
+    some arguments (e.g. by a copy in a layout the kernel can read)."""
     args = schema_args(node)
     refs = {i: ctx.ref(a) for i, a in enumerate(args) if isinstance(a, fx.Node)}
+    refs.update(operands or {})
     for box in boxes:
         call_args: list[Any] = list(args)
         inputs = []

@@ -1,6 +1,7 @@
 """Layout ops: zero-copy views of the producer's buffer where a view exists, copy tiles where not."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -9,7 +10,7 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
-from ..tile_graph import Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import Buffer, Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
 
@@ -21,15 +22,21 @@ def reshape_ref(node: fx.Node, ctx: LoweringContext, source, shape: Sequence[int
     if view is not None:
         ctx.keep_fusible_through_view(source, node)
         return view
-    # No view exists (e.g. flattening a channels-last or permuted buffer): copy tiles
-    # into a contiguous buffer, each writing its box through a view of it in the source's shape.
-    out = ctx.new_buffer(node, channels_last=False)
+    # No view exists (e.g. flattening a channels-last or permuted buffer).
+    return copy_to_new_buffer(ctx, ref, shape, node.name, str(node.target))
+
+
+def copy_to_new_buffer(ctx: LoweringContext, ref: TensorRef, shape: Sequence[int], name: str,
+                       label: str) -> TensorRef:
+    """Copy tiles from `ref` into a new contiguous buffer of `shape` (same number of
+    elements, row-major order), each writing its box through a view of it in ref's shape."""
+    out = TensorRef.of(Buffer(name, tuple(shape), ref.buffer.dtype))
     target = out.then("view", ref.shape, ref.shape)
-    numel = max(1, node_meta(node).numel())
-    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))), ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
+    numel = max(1, math.prod(ref.shape))
+    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))),
+                       ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
     for box in boxes:
-        tile = Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], str(node.target), node.name)
-        ctx.add_tile(tile)
+        ctx.add_tile(Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], label, name))
     return out
 
 

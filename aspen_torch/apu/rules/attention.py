@@ -1,0 +1,81 @@
+"""Fused attention: ATen's CPU flash-attention kernel, tiled over (batch, head, query block).
+
+SDPA on fp32 CPU tensors reaches the aten graph as
+aten._scaled_dot_product_flash_attention_for_cpu. Run as one tile kind, scores and
+probabilities of a block never leave the cache, the permuted Q/K/V projections are
+read through their strides (no copies to [batch x heads, seq, dim]), and the output
+is laid out as [batch, seq, heads, dim], as eager returns it, so the heads merge
+back into the hidden dimension by a view. One thread, BERT-base S128 B8 per layer:
+6.8 ms against 11.5 ms for bmm, mask add, safe softmax and bmm.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..lower import LoweringContext, node_meta
+from ..policy import split_dims
+from ..registry import RULES, float32_only
+from ..tile_graph import Box, Buffer, TensorRef
+from .generic import aten_tiles, broadcast_box, schema_args
+from .layout import copy_to_new_buffer
+
+aten = torch.ops.aten
+FLASH_ATTENTION = aten._scaled_dot_product_flash_attention_for_cpu.default
+QUERY, KEY, VALUE, DROPOUT, CAUSAL, MASK = range(6)
+
+
+def _check_attention(node: fx.Node, is_frozen):
+    args = schema_args(node)
+    if args[DROPOUT] != 0.0:
+        return "attention dropout"
+    if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+        return "uses the logsumexp output"
+    query, key, value = (node_meta(a) for a in args[:3])
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        return "query, key and value must be 4-d [batch, heads, seq, dim]"
+    if key.shape[:2] != query.shape[:2] or value.shape[:2] != query.shape[:2]:
+        return "key or value batch/heads differ from the query's"
+    return float32_only(node)
+
+
+def _rows_in_place(ctx: LoweringContext, arg: fx.Node, name: str, broadcast_ok: bool) -> TensorRef:
+    """The argument as the kernel can read it: it takes strides for every dimension but
+    the last, which must be dense (or, for the mask, broadcast), so a channels-last
+    4-d input or a transposed operand is first copied."""
+    ref = ctx.ref(arg)
+    last_stride = ref.meta().stride(-1)
+    if ref.shape[-1] == 1 or last_stride == 1 or (broadcast_ok and last_stride == 0):
+        return ref
+    return copy_to_new_buffer(ctx, ref, ref.shape, name, str(FLASH_ATTENTION))
+
+
+@RULES.register(FLASH_ATTENTION, check=_check_attention)
+def lower_flash_attention(node: fx.Node, ctx: LoweringContext):
+    args = schema_args(node)
+    operands = {i: _rows_in_place(ctx, args[i], f"{node.name}_{role}", broadcast_ok=i == MASK)
+                for i, role in ((QUERY, "query"), (KEY, "key"), (VALUE, "value"), (MASK, "mask"))
+                if isinstance(args[i], fx.Node)}
+    meta = node_meta(node)
+    batch, heads, queries, value_dim = meta.shape
+    keys, head_dim = node_meta(args[KEY]).shape[2:]
+    buf = Buffer(node.name, (batch, queries, heads, value_dim), meta.dtype, channels_last=False)
+    out = TensorRef.of(buf).then("permute", (0, 2, 1, 3), tuple(meta.shape))
+    flops = 2.0 * batch * heads * queries * keys * (head_dim + value_dim)
+    # A causal mask is aligned to the first query the kernel sees, so causal tiles keep every query.
+    causal = bool(args[CAUSAL])
+    cut = (0, 1) if causal else (0, 1, 2)
+    most = batch * heads * (1 if causal else queries)
+    boxes = split_dims(tuple(meta.shape), cut, ctx.policy.num_tiles(flops, most, batch=batch))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        if i == QUERY:
+            return box[:3] + ((0, ref.shape[3]),)
+        if i in (KEY, VALUE):
+            return (box[0], box[1], (0, keys), (0, ref.shape[3]))
+        # The mask broadcasts to the scores [batch, heads, queries, keys].
+        return broadcast_box(box[:3] + ((0, keys),), ref.shape)
+
+    return aten_tiles(node, ctx, out, boxes, region, operands=operands), None
