@@ -2,11 +2,43 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
+from pathlib import Path
 from typing import Optional
 
 from . import _C
 from .options import default_num_dses
+
+
+def dse_cpu_order() -> list[int]:
+    """The CPUs this process may run on, one per physical core first and SMT siblings after,
+    so DSE i gets a core of its own while there are cores."""
+    def sibling_rank(cpu: int) -> int:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            siblings = _cpu_list(path.read_text())
+        except (OSError, ValueError):
+            return 0
+        return siblings.index(cpu) if cpu in siblings else 0
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return sorted(cpus, key=lambda cpu: (sibling_rank(cpu), cpu))
+
+
+def _cpu_list(text: str) -> list[int]:
+    """Parses the kernel's CPU list format, e.g. "0-3,8"."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pin_dses_by_default() -> bool:
+    """DSEs are pinned one per CPU unless ASPEN_PIN_DSES=0 (e.g. several aspen processes
+    sharing a machine without separate cpusets)."""
+    return os.environ.get("ASPEN_PIN_DSES", "1") != "0"
 
 
 class SharedRuntime:
@@ -31,6 +63,8 @@ class SharedRuntime:
         with self._lock:
             if self._runtime is None:
                 self._runtime = _C.Runtime(num_dses or default_num_dses())
+                if pin_dses_by_default():
+                    self._runtime.set_dse_cpus(dse_cpu_order())
             elif num_dses is not None and num_dses != self._runtime.num_dses:
                 self._runtime.set_num_dses(num_dses)
             return self._runtime
@@ -38,8 +72,9 @@ class SharedRuntime:
     def stats(self) -> dict:
         with self._lock:
             if self._runtime is None:
-                return {"num_dses": 0, "tiles_per_dse": []}
-            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": list(self._runtime.tiles_per_dse())}
+                return {"num_dses": 0, "tiles_per_dse": [], "dse_cpus": []}
+            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": list(self._runtime.tiles_per_dse()),
+                    "dse_cpus": list(self._runtime.dse_cpus)}
 
 
 SHARED_RUNTIME = SharedRuntime()
@@ -52,6 +87,16 @@ def set_num_dses(num_dses: int) -> None:
     SHARED_RUNTIME.get(num_dses)
 
 
+def set_dse_pinning(enabled: bool) -> None:
+    """Pins DSE i to the i-th CPU of dse_cpu_order() (wrapping around), or lets DSEs run on
+    any CPU. On by default: the OS otherwise may stack two DSEs on one core while another
+    process runs on the other (docs/performance.md, "With another process on one core")."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"aspen: set_dse_pinning takes a bool, got {enabled!r}")
+    SHARED_RUNTIME.get().set_dse_cpus(dse_cpu_order() if enabled else [])
+
+
 def runtime_stats() -> dict:
-    """{"num_dses": DSEs now, "tiles_per_dse": tiles each DSE ran since the runtime started}."""
+    """{"num_dses": DSEs now, "tiles_per_dse": tiles each DSE ran since the runtime started,
+    "dse_cpus": the CPUs DSE i is pinned to round-robin, [] when unpinned}."""
     return SHARED_RUNTIME.stats()

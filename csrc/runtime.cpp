@@ -1,11 +1,14 @@
 #include "runtime.h"
 
+#include "cpu_affinity.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/ops/_softmax.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace aspen {
@@ -25,7 +28,10 @@ void pin_aten_to_one_thread() {
 }  // namespace
 
 Runtime::Runtime(int num_dses)
-    : pool_(kMaxDses), tiles_run_(new std::atomic<int64_t>[kMaxDses]), traces_(new TraceBuffer[kMaxDses]) {
+    : pool_(kMaxDses),
+      tiles_run_(new std::atomic<int64_t>[kMaxDses]),
+      creator_cpus_(current_thread_cpus()),
+      traces_(new TraceBuffer[kMaxDses]) {
   for (int i = 0; i < kMaxDses; ++i) tiles_run_[i].store(0);
   set_num_dses(num_dses);
 }
@@ -58,6 +64,7 @@ void Runtime::set_num_dses(int num_dses) {
     });
     while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
     dses_.push_back(std::move(dse));
+    apply_cpus(index);
   }
   if (static_cast<int>(dses_.size()) > before) at::set_num_threads(caller_threads);
 
@@ -68,6 +75,29 @@ void Runtime::set_num_dses(int num_dses) {
     pool_.wake_all();
     dse->thread.join();
   }
+}
+
+void Runtime::set_dse_cpus(const std::vector<int>& cpus) {
+  std::lock_guard<std::mutex> lock(resize_mu_);
+  for (int cpu : cpus) {
+    const bool allowed = std::find(creator_cpus_.begin(), creator_cpus_.end(), cpu) != creator_cpus_.end();
+    TORCH_CHECK(allowed || creator_cpus_.empty(), "aspen: CPU ", cpu,
+                " is not one this process may run on (see os.sched_getaffinity(0))");
+  }
+  dse_cpus_ = cpus;
+  for (int i = 0; i < static_cast<int>(dses_.size()); ++i) apply_cpus(i);
+}
+
+std::vector<int> Runtime::dse_cpus() const {
+  std::lock_guard<std::mutex> lock(resize_mu_);
+  return dse_cpus_;
+}
+
+void Runtime::apply_cpus(int index) {
+  if (creator_cpus_.empty()) return;  // no affinity on this OS
+  const std::vector<int> cpus =
+      dse_cpus_.empty() ? creator_cpus_ : std::vector<int>{dse_cpus_[index % dse_cpus_.size()]};
+  TORCH_CHECK(set_thread_cpus(dses_[index]->thread, cpus), "aspen: could not set the CPUs of DSE ", index);
 }
 
 std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program, bool urgent) {

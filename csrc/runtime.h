@@ -36,6 +36,11 @@ class Runtime {
   void set_num_dses(int num_dses);
   int num_dses() const;
 
+  // Pins DSE i, present and future, to cpus[i % cpus.size()]; an empty list lets every
+  // DSE run on any CPU its creator could (the CPUs of the thread that built the Runtime).
+  void set_dse_cpus(const std::vector<int>& cpus);
+  std::vector<int> dse_cpus() const;
+
   // Queues the program's root tiles; the caller waits on the returned Request.
   // Tiles of an urgent request are taken before any other ready tile.
   std::shared_ptr<Request> submit(std::shared_ptr<const Program> program, bool urgent = false);
@@ -58,13 +63,17 @@ class Runtime {
   };
 
   void dse_main(int index, Dse* self);
+  // Applies dse_cpus_ to DSE `index`; the caller holds resize_mu_.
+  void apply_cpus(int index);
   // Runs one tile and releases its children; returns a child to run next, or nullptr request.
   ReadyTile execute_and_release(int index, ReadyTile item);
 
   ReadyPool pool_;
   std::unique_ptr<std::atomic<int64_t>[]> tiles_run_;
   mutable std::mutex resize_mu_;
-  std::vector<std::unique_ptr<Dse>> dses_;
+  std::vector<std::unique_ptr<Dse>> dses_;  // guarded by resize_mu_, as are the two below
+  std::vector<int> dse_cpus_;
+  const std::vector<int> creator_cpus_;
   std::atomic<uint32_t> next_root_row_{0};
   std::atomic<bool> tracing_{false};
   std::unique_ptr<TraceBuffer[]> traces_;

@@ -1,6 +1,7 @@
-"""The C++ runtime alone: ready pool, DSEs, dependency counting, errors, resizing."""
+"""The C++ runtime alone: ready pool, DSEs, dependency counting, errors, resizing, pinning."""
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -9,6 +10,7 @@ import torch
 
 from aspen_torch import _C
 from aspen_torch.apu.tile_graph import TileKind
+from aspen_torch.runtime import _cpu_list, dse_cpu_order
 
 RECORD, COPY, PROBE = int(TileKind.RECORD), int(TileKind.COPY), int(TileKind.THREAD_PROBE)
 
@@ -168,3 +170,61 @@ def test_one_openmp_runtime_is_loaded():
     with open("/proc/self/maps") as maps:
         gomp = {line.split()[-1] for line in maps if "libgomp" in line}
     assert len(gomp) == 1, gomp
+
+
+def _new_threads(action) -> list[int]:
+    """Thread ids that `action` starts in this process, in creation order."""
+    before = set(os.listdir("/proc/self/task"))
+    action()
+    return sorted((int(t) for t in set(os.listdir("/proc/self/task")) - before))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
+                    reason="thread affinity is Linux-only")
+def test_dses_are_pinned_round_robin_and_unpinned_on_request():
+    allowed = os.sched_getaffinity(0)
+    order = dse_cpu_order()
+    assert sorted(order) == sorted(allowed)
+    holder = []
+    first = _new_threads(lambda: holder.append(_C.Runtime(2)))
+    runtime = holder[0]
+    assert len(first) == 2 and runtime.dse_cpus == []
+    assert all(os.sched_getaffinity(t) == allowed for t in first)
+
+    runtime.set_dse_cpus(order)
+    later = _new_threads(lambda: runtime.set_num_dses(len(order) + 1))  # wraps around the CPUs
+    dses = first + later
+    assert [os.sched_getaffinity(t) for t in dses] == [{order[i % len(order)]} for i in range(len(dses))]
+    edges = random_dag(random.Random(0), 50, 0.1)
+    program, log = record_program(50, edges)
+    runtime.run(program)
+    check_log(log, 50, edges)
+
+    runtime.set_dse_cpus([])
+    assert all(os.sched_getaffinity(t) == allowed for t in dses)
+    with pytest.raises(RuntimeError, match="not one this process may run on"):
+        runtime.set_dse_cpus([max(allowed) + 1])
+
+
+def test_cpu_list_format():
+    assert _cpu_list("0-3,8\n") == [0, 1, 2, 3, 8]
+    assert _cpu_list("5") == [5]
+
+
+def test_shared_runtime_pins_its_dses_unless_told_not_to(monkeypatch):
+    import aspen_torch
+    from aspen_torch.runtime import pin_dses_by_default
+
+    monkeypatch.delenv("ASPEN_PIN_DSES", raising=False)
+    assert pin_dses_by_default()
+    monkeypatch.setenv("ASPEN_PIN_DSES", "0")
+    assert not pin_dses_by_default()
+    aspen_torch.set_num_dses(2)
+    try:
+        aspen_torch.set_dse_pinning(False)
+        assert aspen_torch.runtime_stats()["dse_cpus"] == []
+    finally:
+        aspen_torch.set_dse_pinning(True)
+    assert aspen_torch.runtime_stats()["dse_cpus"] == dse_cpu_order()
+    with pytest.raises(ValueError, match="bool"):
+        aspen_torch.set_dse_pinning("yes")
