@@ -145,7 +145,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_num_dses", &Runtime::set_num_dses, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_property_readonly("num_dses", &Runtime::num_dses)
       .def("set_dse_cpus", &Runtime::set_dse_cpus, pybind11::arg("cpus"),
-           "Pins DSE i to cpus[i % len(cpus)]; [] unpins.")
+           pybind11::call_guard<pybind11::gil_scoped_release>(), "Pins DSE i to cpus[i % len(cpus)]; [] unpins.")
       .def_property_readonly("dse_cpus", &Runtime::dse_cpus)
       .def("tiles_per_dse", &Runtime::tiles_per_dse)
       .def("run", &run_program, pybind11::arg("program"), pybind11::arg("urgent") = false,

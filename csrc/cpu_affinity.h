@@ -12,8 +12,8 @@ namespace aspen {
 // The CPUs the calling thread may run on (empty where the OS has no such query).
 std::vector<int> current_thread_cpus();
 
-// Restricts `thread` to `cpus`; false (errno set) if the OS refused, e.g. a CPU
-// outside the process's cpuset. A no-op returning true where the OS has no affinity.
+// Restricts `thread` to `cpus`; false if the OS refused (e.g. a CPU outside the
+// process's cpuset). A no-op returning true where the OS has no thread affinity.
 bool set_thread_cpus(std::thread& thread, const std::vector<int>& cpus);
 
 }  // namespace aspen

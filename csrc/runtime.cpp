@@ -64,6 +64,8 @@ void Runtime::set_num_dses(int num_dses) {
     });
     while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
     dses_.push_back(std::move(dse));
+    // The CPUs were checked when set; should the OS refuse one since (a cpuset shrunk),
+    // this DSE keeps its creator's CPUs, which is only slower.
     apply_cpus(index);
   }
   if (static_cast<int>(dses_.size()) > before) at::set_num_threads(caller_threads);
@@ -85,7 +87,8 @@ void Runtime::set_dse_cpus(const std::vector<int>& cpus) {
                 " is not one this process may run on (see os.sched_getaffinity(0))");
   }
   dse_cpus_ = cpus;
-  for (int i = 0; i < static_cast<int>(dses_.size()); ++i) apply_cpus(i);
+  for (int i = 0; i < static_cast<int>(dses_.size()); ++i)
+    TORCH_CHECK(apply_cpus(i), "aspen: the OS refused to set the CPUs of DSE ", i);
 }
 
 std::vector<int> Runtime::dse_cpus() const {
@@ -93,11 +96,11 @@ std::vector<int> Runtime::dse_cpus() const {
   return dse_cpus_;
 }
 
-void Runtime::apply_cpus(int index) {
-  if (creator_cpus_.empty()) return;  // no affinity on this OS
+bool Runtime::apply_cpus(int index) {
+  if (creator_cpus_.empty()) return true;  // no thread affinity on this OS
   const std::vector<int> cpus =
       dse_cpus_.empty() ? creator_cpus_ : std::vector<int>{dse_cpus_[index % dse_cpus_.size()]};
-  TORCH_CHECK(set_thread_cpus(dses_[index]->thread, cpus), "aspen: could not set the CPUs of DSE ", index);
+  return set_thread_cpus(dses_[index]->thread, cpus);
 }
 
 std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program, bool urgent) {

@@ -63,8 +63,8 @@ class Runtime {
   };
 
   void dse_main(int index, Dse* self);
-  // Applies dse_cpus_ to DSE `index`; the caller holds resize_mu_.
-  void apply_cpus(int index);
+  // Applies dse_cpus_ to DSE `index`; false if the OS refused. The caller holds resize_mu_.
+  bool apply_cpus(int index);
   // Runs one tile and releases its children; returns a child to run next, or nullptr request.
   ReadyTile execute_and_release(int index, ReadyTile item);
 
