@@ -55,11 +55,10 @@ class _Views:
     def _allocate(self, buf: Buffer) -> torch.Tensor:
         if buf.constant is not None:
             return buf.constant
-        fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
+        strides = buf.meta().stride()
         slot = self.memory.slot_of.get(buf)
         if slot is None:
-            return torch.empty(buf.shape, dtype=buf.dtype, memory_format=fmt)
-        strides = torch.empty(buf.shape, dtype=buf.dtype, memory_format=fmt, device="meta").stride()
+            return torch.empty_strided(buf.shape, strides, dtype=buf.dtype)
         return self.slots[slot].view(buf.dtype).as_strided(buf.shape, strides)
 
     def region(self, region: Optional[Region]) -> Optional[torch.Tensor]:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from helpers import assert_matches_eager
 
 import aspen_torch
-from aspen_torch.apu.tile_graph import Region, TensorRef, apply_view_steps
+from aspen_torch.apu.tile_graph import Region, apply_view_steps
 from aspen_torch.memory_plan import MemoryPlan, plan_memory
 from aspen_torch.models import GPTBlock, SmallCNN, resnet18
 
@@ -40,7 +40,7 @@ def _bytes_touched(memory: MemoryPlan, region: Region) -> Optional[tuple[object,
     buf = region.ref.buffer
     if buf.constant is not None:
         return None
-    strides = TensorRef.of(buf).meta().stride()  # the layout the planner gives the buffer
+    strides = buf.meta().stride()  # the layout the planner gives the buffer
     extent = 1 + sum((size - 1) * stride for size, stride in zip(buf.shape, strides))
     element = torch.arange(extent).as_strided(buf.shape, strides)
     element = apply_view_steps(element, region.ref.steps)[tuple(slice(a, b) for a, b in region.box)]

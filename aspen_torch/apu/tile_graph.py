@@ -71,6 +71,13 @@ class Buffer:
     channels_last: bool = False
     constant: Optional[torch.Tensor] = None
 
+    def meta(self) -> torch.Tensor:
+        """A meta tensor with the layout the planner gives this buffer (a constant keeps its own)."""
+        if self.constant is not None:
+            return torch.empty_strided(self.shape, self.constant.stride(), dtype=self.dtype, device="meta")
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return torch.empty(self.shape, dtype=self.dtype, device="meta", memory_format=fmt)
+
 
 @dataclasses.dataclass(frozen=True)
 class ViewStep:
@@ -186,13 +193,7 @@ class TensorRef:
 
     def meta(self) -> torch.Tensor:
         """A meta tensor with the strides the planner will give this ref, to test views at compile time."""
-        buf = self.buffer
-        if buf.constant is not None:
-            t = torch.empty_strided(buf.shape, buf.constant.stride(), dtype=buf.dtype, device="meta")
-        else:
-            fmt = torch.channels_last if buf.channels_last else torch.contiguous_format
-            t = torch.empty(buf.shape, dtype=buf.dtype, device="meta", memory_format=fmt)
-        return apply_view_steps(t, self.steps)
+        return apply_view_steps(self.buffer.meta(), self.steps)
 
     def reshaped(self, shape: Sequence[int]) -> Optional["TensorRef"]:
         """This ref reshaped to `shape` as a zero-copy view, or None if no such view exists."""
