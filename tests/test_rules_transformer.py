@@ -132,6 +132,23 @@ def test_fused_attention_tiles(mask_kind, causal):
     assert not {"aten.bmm.default", "aten.clone.default", "aten._unsafe_view.default"} & set(report.tiles_per_op)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_attention_with_fewer_queries_than_keys(causal):
+    """Cross-attention shapes: 7 queries over 13 keys, a [queries, keys] mask when not causal."""
+    class Model(nn.Module):
+        def forward(self, x, memory, mask):
+            q = (x * 0.5).view(2, 7, 3, 16).transpose(1, 2)
+            k, v = (memory + 1).view(2, 13, 2, 3, 16).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal)
+            return out.transpose(1, 2).reshape(2, 7, 48)
+
+    options = {"min_tile_flops": 1e3, "tiles_per_dse": 8}
+    report = assert_matches_eager(Model(), torch.randn(2, 7, 48), torch.randn(2, 13, 96), torch.randn(7, 13),
+                                  options=options, atol=1e-5)
+    tiles = report.tiles_per_op[FLASH]
+    assert (tiles == 6) if causal else (tiles > 6), "causal tiles keep every query; others cut query rows"
+
+
 def test_fused_attention_copies_operands_without_dense_rows():
     """ATen's kernel reads every dimension but the last through strides, and the last as
     dense: 4-d inputs, which aspen keeps channels-last, are copied first."""
