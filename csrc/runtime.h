@@ -71,8 +71,8 @@ class Runtime {
   ReadyPool pool_;
   std::unique_ptr<std::atomic<int64_t>[]> tiles_run_;
   mutable std::mutex resize_mu_;
-  std::vector<std::unique_ptr<Dse>> dses_;  // guarded by resize_mu_, as are the two below
-  std::vector<int> dse_cpus_;
+  std::vector<std::unique_ptr<Dse>> dses_;  // guarded by resize_mu_
+  std::vector<int> dse_cpus_;               // guarded by resize_mu_
   const std::vector<int> creator_cpus_;
   std::atomic<uint32_t> next_root_row_{0};
   std::atomic<bool> tracing_{false};
