@@ -147,25 +147,36 @@ class LoweringContext:
             return False
         if isinstance(operand, fx.Node) and any(step.op != "view" for step in ref.steps):
             return False
-        if operand is not None and ref.steps:
-            operand_ref = self.expand_to(self.ref(operand), ref.shape)
-            if any(self._operand_region(operand_ref, ref, self.tiles[i]) is None for i in self._fusible[primary]):
-                return False
+        regions = self._epilogue_regions(self._fusible[primary], ref, operand)
+        if regions is None:
+            return False
         self.absorb(primary, node, ref)
-        self.append_epilogue(node, op, operand, a, b)
+        self._append_epilogue(node, op, regions, a, b)
         return True
 
     def append_epilogue(self, node: fx.Node, op: PointwiseOp, operand: Any = None, a: float = 0.0,
                         b: float = 0.0) -> None:
         """Applies op(value, operand) in place at the end of every tile that writes `node`'s value."""
-        ref = self.values[node]
-        operand_ref = self.expand_to(self.ref(operand), ref.shape) if operand is not None else None
-        for index in self._fusible[node]:
+        regions = self._epilogue_regions(self._fusible[node], self.values[node], operand)
+        assert regions is not None, "aspen: epilogue operand has no region matching the tile's output"
+        self._append_epilogue(node, op, regions, a, b)
+
+    def _epilogue_regions(self, tiles: list[int], value: TensorRef, operand: Any) -> Optional[list[Optional[Region]]]:
+        """Per tile, the region of `operand` its epilogue reads (None entries without an
+        operand), or None if some tile has no region matching its output."""
+        if operand is None:
+            return [None] * len(tiles)
+        operand_ref = self.expand_to(self.ref(operand), value.shape)
+        regions = [self._operand_region(operand_ref, value, self.tiles[i]) if value.steps
+                   else Region(operand_ref, self.tiles[i].out.box) for i in tiles]
+        return None if any(r is None for r in regions) else regions
+
+    def _append_epilogue(self, node: fx.Node, op: PointwiseOp, regions: list[Optional[Region]], a: float,
+                         b: float) -> None:
+        for index, region in zip(self._fusible[node], regions):
             tile = self.tiles[index]
             operand_index = None
-            if operand_ref is not None:
-                region = self._operand_region(operand_ref, ref, tile) if ref.steps else Region(operand_ref, tile.out.box)
-                assert region is not None, "aspen: epilogue operand has no region matching the tile's output"
+            if region is not None:
                 tile.inputs.append(region)
                 operand_index = len(tile.inputs)
                 self._depend(index, region)
