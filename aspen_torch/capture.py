@@ -12,6 +12,7 @@ import torch.fx as fx
 from torch._decomp import core_aten_decompositions
 from torch._dynamo.source import is_from_unspecialized_param_buffer_source
 from torch._functorch.aot_autograd import aot_module_simplified
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from . import _C
 from .apu.registry import RULES
@@ -58,7 +59,10 @@ class FrozenInputsGuard:
     def __init__(self, aten_graph: fx.GraphModule, positions: list[int], tensors: list[torch.Tensor],
                  compile_captured: Callable[[CapturedGraph], Callable]) -> None:
         # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles.
-        self._aten_graph = copy.deepcopy(aten_graph)
+        # AOTAutograd calls under fake mode, where copying a real tensor constant (GPT-2's
+        # causal mask) would make a fake tensor point at real storage.
+        with unset_fake_temporarily():
+            self._aten_graph = copy.deepcopy(aten_graph)
         self._positions = positions
         self._compile_captured = compile_captured
         self._compiled: collections.OrderedDict = collections.OrderedDict()

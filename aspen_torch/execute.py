@@ -22,6 +22,10 @@ class CompiledPartition(torch.nn.Module):
         self._tile_graph = tile_graph
         self._input_specs = [(tuple(m.shape), m.dtype, m.device) for m in tile_graph.input_meta]
         self._output_specs = [(tuple(m.shape), tuple(m.stride()), m.dtype) for m in tile_graph.output_meta]
+        # An output eager returns broadcast (stride 0, an expanded buffer) is constant along
+        # those dims: only their first index is copied, as copying into overlapping memory is an error.
+        self._broadcast_dims = [[d for d, (size, stride) in enumerate(zip(shape, strides)) if stride == 0 and size > 1]
+                                for shape, strides, _ in self._output_specs]
         # A call holds a plan (its activation buffers) alone; concurrent calls get plans of
         # their own, planned on first need and kept for reuse. Weights are shared by all.
         self._free_plans: list[Plan] = [first_plan]
@@ -59,8 +63,16 @@ class CompiledPartition(torch.nn.Module):
         try:
             # Fresh outputs with eager's strides: the buffers are reused by the next call.
             outputs = tuple(torch.empty_strided(shape, stride, dtype=dtype) for shape, stride, dtype in self._output_specs)
+            copy_out = [(_first_along(view, dims), _first_along(out, dims))
+                        for view, out, dims in zip(taken.output_views, outputs, self._broadcast_dims)]
             runtime.run(taken.program, current_request_is_urgent(), copy_in=list(zip(args, taken.input_buffers)),
-                        copy_out=list(zip(taken.output_views, outputs)))
+                        copy_out=copy_out)
         finally:
             self._give_back(taken)
         return outputs[0] if self._single_output else outputs
+
+
+def _first_along(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    for d in dims:
+        tensor = tensor.narrow(d, 0, 1)
+    return tensor

@@ -37,10 +37,25 @@ class PartitionedGraph:
     fallback_ops: dict[str, int]
 
 
+def _tensor_constants(graph_module: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Tensors the graph reads by get_attr: constants AOTAutograd lifted out of the
+    forward (a `torch.tensor(...)` literal, which then reaches ops through lift_fresh_copy)."""
+    constants = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            value = graph_module
+            for atom in node.target.split("."):
+                value = getattr(value, atom)
+            if isinstance(value, torch.Tensor):
+                constants[node.name] = value
+    return constants
+
+
 def _frozen_nodes(graph_module: fx.GraphModule, frozen: dict[int, torch.Tensor]) -> set[fx.Node]:
-    """Frozen placeholders and every node computable from them alone at compile time."""
+    """Frozen placeholders, tensor constants and every node computable from them alone at compile time."""
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
-    result = {placeholders[i] for i in frozen}
+    constants = _tensor_constants(graph_module)
+    result = {placeholders[i] for i in frozen} | {n for n in graph_module.graph.nodes if n.name in constants}
     for node in graph_module.graph.nodes:
         if is_foldable(node, result.__contains__) or (
                 node.target is operator.getitem and node.args[0] in result):
@@ -76,8 +91,8 @@ def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:
     fallback_ops = dict(collections.Counter(op_name(n.target) for n, _ in unsupported))
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    # Fusing copies the graph's nodes, so frozen placeholders are found again by name.
-    frozen_by_name = {placeholders[i].name: t for i, t in captured.frozen.items()}
+    # Fusing copies the graph's nodes, so frozen inputs and constants are found again by name.
+    frozen_by_name = {placeholders[i].name: t for i, t in captured.frozen.items()} | _tensor_constants(gm)
     partitioner = CapabilityBasedPartitioner(gm, _RegistrySupport(reasons), allows_single_node_partition=True)
     fused = partitioner.fuse_partitions(partitioner.propose_partitions())
 
@@ -85,7 +100,7 @@ def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:
     for node in list(fused.graph.nodes):
         if node.op != "call_module":
             continue
-        frozen = [a.op == "placeholder" and a.name in frozen_by_name for a in node.args]
+        frozen = [a.op in ("placeholder", "get_attr") and a.name in frozen_by_name for a in node.args]
         inputs = [frozen_by_name[a.name] if f else RuntimeInput(a.meta["val"]) for a, f in zip(node.args, frozen)]
         # Frozen inputs are baked into the plan; the call passes only what changes per call.
         node.args = tuple(a for a, f in zip(node.args, frozen) if not f)

@@ -14,6 +14,23 @@
 namespace aspen {
 namespace {
 
+// The aten graph may pass a Python number where the schema says Tensor (add.Tensor(x, 0)).
+// Eager wraps it as a "wrapped number" tensor, which type promotion treats as a scalar:
+// int32 + 0 stays int32. A plain 0-dim int64 tensor would promote the same way, but a
+// plain double one would not (int32 + 1.5 is float32 in eager), so wrap as eager does.
+c10::IValue to_ivalue(const pybind11::handle& arg, const c10::Argument& schema_arg) {
+  const bool number = pybind11::isinstance<pybind11::bool_>(arg) || pybind11::isinstance<pybind11::int_>(arg) ||
+                      pybind11::isinstance<pybind11::float_>(arg);
+  if (!number || schema_arg.real_type()->kind() != c10::TypeKind::TensorType) {
+    return torch::jit::toIValue(arg, schema_arg.real_type());
+  }
+  at::Tensor wrapped = pybind11::isinstance<pybind11::bool_>(arg) ? at::scalar_tensor(arg.cast<bool>(), at::kBool)
+                       : pybind11::isinstance<pybind11::int_>(arg) ? at::scalar_tensor(arg.cast<int64_t>(), at::kLong)
+                                                                    : at::scalar_tensor(arg.cast<double>(), at::kDouble);
+  wrapped.unsafeGetTensorImpl()->set_wrapped_number(true);
+  return wrapped;
+}
+
 // (kind, tensors, ints, epilogue, label[, (op name, overload name, args in schema order, result index)])
 TileSpec to_tile_spec(const pybind11::tuple& py) {
   TORCH_CHECK(py.size() == 5 || py.size() == 6, "aspen: a tile is a tuple of 5 or 6 items, got ", py.size());
@@ -50,7 +67,7 @@ TileSpec to_tile_spec(const pybind11::tuple& py) {
     TORCH_CHECK(result_index >= 0 && result_index < static_cast<int64_t>(op.schema().returns().size()),
                 "aspen: tile '", label, "': result index ", result_index, " out of range");
     torch::jit::Stack stack;
-    for (size_t i = 0; i < args.size(); ++i) stack.push_back(torch::jit::toIValue(args[i], schema_args[i].real_type()));
+    for (size_t i = 0; i < args.size(); ++i) stack.push_back(to_ivalue(args[i], schema_args[i]));
     spec.aten_call = std::make_shared<const AtenCall>(AtenCall{op, std::move(stack), result_index});
   }
   return spec;

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers import compile_strict
+from helpers import assert_matches_eager, compile_strict
 
 import aspen_torch
 from aspen_torch import AspenInputError
@@ -116,3 +116,17 @@ def test_other_weights_are_not_answered_with_frozen_ones():
         compiled(x)
         first.load_state_dict(second.state_dict())  # in place: same tensors, new values
         torch.testing.assert_close(compiled(x), second(x), rtol=1e-4, atol=1e-4)
+
+
+def test_output_broadcast_from_a_buffer():
+    """RoBERTa returns a registered buffer expanded over the batch (token type ids): eager's
+    output has stride 0 there, and its copy out of the plan must not write overlapping memory."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("token_types", torch.arange(7).view(1, 7))
+
+        def forward(self, x):
+            return x * 2, self.token_types.expand(x.shape[0], 7), (x.sum(0) + 1).expand(3, 7)
+
+    assert_matches_eager(Model(), torch.randn(4, 7))

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
-from helpers import compile_strict
+from helpers import assert_matches_eager, compile_strict
 
 from aspen_torch import AspenUnsupportedError
 
@@ -21,7 +21,7 @@ class Mixed(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        y = torch.cumsum(y, dim=2) / 10  # no rule
+        y = torch.cumprod(y, dim=2) / 10  # no rule
         y = self.b(y)
         return torch.flip(y, dims=[3]) + 1  # no rule
 
@@ -34,7 +34,7 @@ def test_fallback_is_correct_and_logged(caplog):
         out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "aten.cumsum.default" in messages and "aten.flip.default" in messages and "runs in eager" in messages
+    assert "aten.cumprod.default" in messages and "aten.flip.default" in messages and "runs in eager" in messages
 
 
 def test_strict_lists_every_unsupported_op_with_its_source_line():
@@ -43,8 +43,19 @@ def test_strict_lists_every_unsupported_op_with_its_source_line():
     error = info.value.inner_exception if hasattr(info.value, "inner_exception") else info.value
     assert isinstance(error, AspenUnsupportedError)
     ops = sorted(op for op, _, _ in error.unsupported)
-    assert ops == ["aten.cumsum.default", "aten.flip.default"]
+    assert ops == ["aten.cumprod.default", "aten.flip.default"]
     assert all("test_partition.py" in where for _, _, where in error.unsupported)
+
+
+def test_tensor_literals_are_frozen_constants():
+    """A torch.tensor(...) literal in forward (GPT-2, LLaMA) reaches the aten graph as a
+    lifted constant behind lift_fresh_copy: folded at compile time, not passed per call."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return x * torch.tensor([1.0, -2.0, 0.5]) + torch.tensor(3.0)
+
+    report = assert_matches_eager(Model(), torch.randn(4, 3))
+    assert [ref.shape for ref in report.tile_graphs[0].input_refs] == [(4, 3)]
 
 
 def test_unsupported_dtype_falls_back_and_strict_names_it():

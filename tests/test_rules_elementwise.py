@@ -83,3 +83,36 @@ def test_value_used_twice_is_not_overwritten_by_an_epilogue():
             return torch.relu(y) + torch.sigmoid(y), y
 
     assert_matches_eager(Model().eval(), torch.randn(2, 3, 8, 8))
+
+
+def test_residual_whose_shortcut_conv_comes_later_fuses_into_the_shortcut():
+    """HF ResNet's bottleneck computes the main branch, then the shortcut conv, then adds:
+    the add cannot run in the main branch's conv tiles (they come first in the tile order
+    and would read a shortcut not yet computed: a cycle), so it runs in the shortcut's."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.main = nn.Conv2d(8, 16, 3, padding=1)
+            self.shortcut = nn.Conv2d(8, 16, 1)
+
+        def forward(self, x):
+            y = self.main(x)
+            y += self.shortcut(x)
+            return torch.relu(y)
+
+    report = assert_matches_eager(Block().eval(), torch.randn(2, 8, 12, 10), options={"tiles_per_dse": 4})
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}
+    graph = report.tile_graphs[0]
+    assert all(parent < child for parent, child in graph.edges)
+
+
+def test_python_numbers_where_the_schema_says_tensor_promote_as_in_eager():
+    """AOTAutograd leaves add.Tensor(x, 0) in the graph (RoBERTa's position ids): the
+    number must promote as eager's wrapped numbers do (int32 + 3 stays int32, int32 * 1.5
+    is float32), not as a 0-dim int64 or float64 tensor would."""
+    class Model(nn.Module):
+        def forward(self, ids):
+            mask = ids.ne(1).int()
+            return (mask + 3) * mask, mask * 1.5
+
+    assert_matches_eager(Model(), torch.randint(0, 4, (3, 17)))  # assert_close compares dtypes too

@@ -114,10 +114,13 @@ class LoweringContext:
             self._fusible.setdefault(fusible_for, []).append(index)
         return index
 
-    def _depend(self, index: int, region: Region) -> None:
+    def _writers_of(self, region: Region) -> list[int]:
         read = region.ref.buffer_box(region.box)
-        for writer, written in self._writers.get(region.ref.buffer, ()):
-            if writer != index and boxes_intersect(read, written):
+        return [writer for writer, written in self._writers.get(region.ref.buffer, ()) if boxes_intersect(read, written)]
+
+    def _depend(self, index: int, region: Region) -> None:
+        for writer in self._writers_of(region):
+            if writer != index:
                 self._edges.add((writer, index))
 
     def expand_to(self, ref: TensorRef, shape: Sequence[int]) -> TensorRef:
@@ -163,13 +166,21 @@ class LoweringContext:
 
     def _epilogue_regions(self, tiles: list[int], value: TensorRef, operand: Any) -> Optional[list[Optional[Region]]]:
         """Per tile, the region of `operand` its epilogue reads (None entries without an
-        operand), or None if some tile has no region matching its output."""
+        operand), or None if some tile has no region matching its output or the operand
+        is not yet computed when the tile runs."""
         if operand is None:
             return [None] * len(tiles)
         operand_ref = self.expand_to(self.ref(operand), value.shape)
         regions = [self._operand_region(operand_ref, value, self.tiles[i]) if value.steps
                    else Region(operand_ref, self.tiles[i].out.box) for i in tiles]
-        return None if any(r is None for r in regions) else regions
+        if any(r is None for r in regions):
+            return None
+        # Tile indices are a topological order (the planner relies on it): an operand
+        # written by a later tile (a residual add whose shortcut conv comes after the
+        # main branch in the graph) cannot be read by these tiles' epilogue.
+        if any(writer >= i for i, r in zip(tiles, regions) for writer in self._writers_of(r)):
+            return None
+        return regions
 
     def _append_epilogue(self, node: fx.Node, op: PointwiseOp, regions: list[Optional[Region]], a: float,
                          b: float) -> None:
