@@ -73,3 +73,29 @@ def test_cat(dim):
     shape = list(a.shape)
     shape[dim] = 2
     assert_matches_eager(Model(), a, torch.randn(shape))
+
+
+@pytest.mark.parametrize("pad,value", [((0, 1, 0, 1), 0.0), ((1, 1, 2, 0), 0.5), ((-1, 2, 0, 0), 0.0),
+                                       ((0, 0, 0, 0, 1, -1), -1.0)])
+def test_constant_pad_then_conv(pad, value):
+    """Explicit padding before a conv (TF-style 'same' padding in MobileNet-style models):
+    tiles over batch and channels, each padding (or cropping) its images whole."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 4, 3, stride=2)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x * 2, pad, value=value))
+
+    report = assert_matches_eager(Model().eval(), torch.randn(2, 6, 11, 9), options={"min_tile_flops": 1e3})
+    assert report.tiles_per_op["aten.constant_pad_nd.default"] > 1
+
+
+def test_constant_pad_of_every_dim_is_one_tile():
+    class Model(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.pad(x + 1, (1, 2, 0, 3))
+
+    report = assert_matches_eager(Model(), torch.randn(5, 7), options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.constant_pad_nd.default"] == 1

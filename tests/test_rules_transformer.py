@@ -71,6 +71,19 @@ def test_masks_of_other_dtypes():
     assert_matches_eager(Model(), torch.randn(3, 4, 9), mask, options=MANY_TILES)
 
 
+def test_position_ids_from_padding_mask():
+    """RoBERTa's position ids: a cumulative sum over the non-padding tokens, and a gather."""
+    class Model(nn.Module):
+        def forward(self, ids, table, index):
+            mask = ids.ne(1).int()
+            positions = (torch.cumsum(mask, dim=1).type_as(mask) + 0) * mask
+            return positions.long() + 1, torch.gather(table * 2, 1, index)
+
+    ids, index = torch.randint(0, 4, (3, 17)), torch.randint(0, 40, (64, 30))
+    report = assert_matches_eager(Model(), ids, torch.randn(70, 40), index, options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.cumsum.default"] > 1 and report.tiles_per_op["aten.gather.default"] > 1
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_scaled_dot_product_attention(causal, with_mask):
@@ -159,6 +172,32 @@ def test_fused_attention_copies_operands_without_dense_rows():
     q, k, v = torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16), torch.randn(2, 3, 13, 16)
     report = assert_matches_eager(Model(), q, k, v, options=MANY_TILES)
     assert report.tiles_per_op[FLASH] > 1
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,causal,tiles_per_dse", [
+    (2, 8, 2, False, 8), (1, 8, 2, True, 3), (1, 8, 4, True, 3), (1, 8, 1, True, 2), (2, 8, 1, False, 8),
+    (1, 10, 2, True, 2)])
+def test_fused_attention_with_grouped_key_value_heads(batch, heads, kv_heads, causal, tiles_per_dse):
+    """Grouped-query attention (LLaMA): query heads over fewer key/value heads. The kernel
+    maps a tile's local query head i to local K/V head i // (its query heads / its K/V
+    heads); tiles must be cut so that this is the global mapping h -> h // group (with 2
+    DSEs, cutting 10 heads into 4 even ranges would give a tile heads 3-5 over K/V 0-1)."""
+    class Model(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q * 0.5, k + 0, v + 0, is_causal=causal, enable_gqa=True)
+
+    q = torch.randn(batch, 11, heads, 16).transpose(1, 2)  # [batch, seq, heads, dim] in memory, as projections give
+    k, v = (torch.randn(batch, 11, kv_heads, 16).transpose(1, 2) for _ in range(2))
+    options = {"min_tile_flops": 1e3, "tiles_per_dse": tiles_per_dse}
+    report = assert_matches_eager(Model(), q, k, v, options=options, atol=1e-5)
+    group = heads // kv_heads
+    tiles = [t for t in report.tile_graphs[0].tiles if t.op_label == FLASH and t.aten_call is not None]
+    assert len(tiles) > 1
+    for tile in tiles:
+        (h0, h1), (k0, k1) = tile.out.box[1], tile.inputs[1].box[1]
+        local_group = (h1 - h0) // (k1 - k0)
+        assert (h1 - h0) % (k1 - k0) == 0
+        assert all((h0 + i) // group - k0 == i // local_group for i in range(h1 - h0))
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

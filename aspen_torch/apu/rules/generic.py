@@ -21,7 +21,6 @@ from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_
 aten = torch.ops.aten
 
 
-
 def schema_args(node: fx.Node) -> list:
     """The node's arguments in schema order, defaults filled in."""
     args = []
@@ -160,6 +159,26 @@ def _check_embedding(node, is_frozen):
 def lower_embedding(node, ctx):
     # out[..., :] = weight[indices[...]]: rows of the output follow rows of the indices.
     return lower_rowwise(node, ctx, (node_meta(node).dim() - 1,), {0: "all", 1: "rows"})
+
+
+@RULES.register(aten.cumsum.default)
+def lower_cumsum(node, ctx):
+    dim = node.args[1] % max(1, node_meta(node).dim())
+    return lower_rowwise(node, ctx, (dim,), {0: "rows"})
+
+
+@RULES.register(aten.gather.default, check=lambda node, is_frozen: "sparse_grad" if schema_args(node)[3] else None)
+def lower_gather(node, ctx):
+    """out[..., i, ...] = self[..., index[..., i, ...], ...] along dim: a tile reads its
+    rows of the index and its rows of self whole along dim (self may be larger there)."""
+    dim = node.args[1] % max(1, node_meta(node).dim())
+    out = ctx.new_buffer(node, channels_last=False)
+    boxes = row_blocks(node, ctx, out.shape, (dim,))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return tuple((0, ref.shape[d]) if i == 0 and d == dim else box[d] for d in range(len(ref.shape)))
+
+    return aten_tiles(node, ctx, out, boxes, region)
 
 
 @RULES.register(aten.bmm.default, check=lambda node, is_frozen: float32_only(node))

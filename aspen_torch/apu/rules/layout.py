@@ -10,7 +10,8 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
-from ..tile_graph import Buffer, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
+from .generic import aten_tiles
 
 aten = torch.ops.aten
 
@@ -140,3 +141,22 @@ def lower_unbind(node, ctx):
     ref = ctx.ref(node.args[0])
     dim = (node.args[1] if len(node.args) > 1 else 0) % len(ref.shape)
     return tuple(ref.then("select", (dim, i), meta.shape) for i, meta in enumerate(node.meta["val"]))
+
+
+@RULES.register(aten.constant_pad_nd.default)
+def lower_constant_pad(node, ctx):
+    """Tiles over the dims it leaves alone (batch and channels of a padded image), each
+    padding (or, for negative pads, cropping) its slice whole along the others."""
+    pad = node.args[1]
+    out = ctx.new_buffer(node)
+    rank = len(out.shape)
+    padded = {rank - 1 - i // 2 for i, amount in enumerate(pad) if amount != 0}  # pairs run from the last dim back
+    kept = tuple(d for d in range(rank) if d not in padded)
+    numel = max(1, math.prod(out.shape))
+    rows = max(1, math.prod(out.shape[d] for d in kept))
+    boxes = split_dims(out.shape, kept, ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return tuple(box[d] if d in kept else (0, ref.shape[d]) for d in range(rank))
+
+    return aten_tiles(node, ctx, out, boxes, region)
