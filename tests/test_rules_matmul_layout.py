@@ -63,6 +63,19 @@ def test_views_permute_slice():
     assert_matches_eager(Model(), torch.randn(3, 40))
 
 
+def test_strided_slices_patch_merging():
+    """Swin's patch merging: the four 2x2 phases of a [batch, h, w, c] map, cat on channels.
+    Strided slices are views; each tile of the cat waits only for the rows it reads."""
+    class Model(nn.Module):
+        def forward(self, x):
+            x = x + 1
+            phases = [x[:, i::2, j::2, :] for i in (0, 1) for j in (0, 1)]
+            return torch.cat(phases, -1) * 2, x[:, 1:6:3, ::4]
+
+    report = assert_matches_eager(Model(), torch.randn(2, 8, 10, 6), options={"min_tile_flops": 1})
+    assert "aten.slice.Tensor" not in report.tiles_per_op
+
+
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
 def test_cat(dim):
     class Model(nn.Module):

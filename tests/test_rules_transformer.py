@@ -71,6 +71,20 @@ def test_masks_of_other_dtypes():
     assert_matches_eager(Model(), torch.randn(3, 4, 9), mask, options=MANY_TILES)
 
 
+@pytest.mark.parametrize("reduce", [
+    lambda x: x.sum((0, 2)), lambda x: x.amax(-1, keepdim=True), lambda x: x.amin((1, 2)),
+    lambda x: x.argmax(-1), lambda x: x.argmin(1, keepdim=True), lambda x: x.argmax(),
+    lambda x: (x > 0).any(-1), lambda x: (x > -2).all(1)])
+def test_reductions(reduce):
+    """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax)."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return reduce(x * 2)
+
+    report = assert_matches_eager(Model(), torch.randn(6, 5, 9), options={"min_tile_flops": 1})
+    assert report.num_tiles > 1
+
+
 def test_position_ids_from_padding_mask():
     """RoBERTa's position ids: a cumulative sum over the non-padding tokens, and a gather."""
     class Model(nn.Module):

@@ -82,7 +82,8 @@ class Buffer:
 @dataclasses.dataclass(frozen=True)
 class ViewStep:
     """A zero-copy view: ('view', shape), ('expand', shape), ('permute', dims),
-    ('narrow', (dim, start, length)) or ('select', (dim, index)); `shape` is the result's."""
+    ('narrow', (dim, start, length)), ('slice', (dim, start, length, step)) or
+    ('select', (dim, index)); `shape` is the result's."""
 
     op: str
     arg: tuple[int, ...]
@@ -93,6 +94,9 @@ def apply_view_steps(tensor: torch.Tensor, steps: Sequence[ViewStep]) -> torch.T
     for step in steps:
         if step.op in ("narrow", "select"):
             tensor = getattr(tensor, step.op)(*step.arg)
+        elif step.op == "slice":
+            dim, start, length, stride = step.arg
+            tensor = tensor.narrow(dim, start, (length - 1) * stride + 1)[(slice(None),) * dim + (slice(None, None, stride),)]
         else:
             tensor = getattr(tensor, step.op)(step.arg)
     return tensor
@@ -170,6 +174,10 @@ def _box_through_step(box: Box, step: ViewStep, before: tuple[int, ...]) -> Box:
     if step.op == "narrow":
         dim, start, _ = step.arg
         return tuple((b0 + start, b1 + start) if d == dim else (b0, b1) for d, (b0, b1) in enumerate(box))
+    if step.op == "slice":  # the covering box: rows between the strided ones are not read
+        dim, start, _, stride = step.arg
+        return tuple((start + b0 * stride, start + (b1 - 1) * stride + 1) if d == dim else (b0, b1)
+                     for d, (b0, b1) in enumerate(box))
     if step.op == "select":
         dim, index = step.arg
         return tuple(box[:dim]) + ((index, index + 1),) + tuple(box[dim:])

@@ -200,8 +200,8 @@ def _check_reduction(node, is_frozen):
     return "reduction with dtype=" if node.kwargs.get("dtype") is not None else None
 
 
-@RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.any.dim, aten.any.dims,
-                aten.all.dim, check=_check_reduction)
+@RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
+                aten.any.dim, aten.any.dims, aten.all.dim, check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the reduced dims."""
     x = ctx.ref(node.args[0])

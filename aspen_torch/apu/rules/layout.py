@@ -108,12 +108,7 @@ def lower_cat(node: fx.Node, ctx: LoweringContext):
     return out
 
 
-def _check_slice(node: fx.Node, is_frozen):
-    step = node.args[4] if len(node.args) > 4 else 1
-    return None if step == 1 else "slice with a step other than 1"
-
-
-@RULES.register(aten.slice.Tensor, check=_check_slice)
+@RULES.register(aten.slice.Tensor)
 def lower_slice(node, ctx):
     ref = ctx.ref(node.args[0])
     dim = (node.args[1] if len(node.args) > 1 else 0) % len(ref.shape)
@@ -121,7 +116,10 @@ def lower_slice(node, ctx):
     start = node.args[2] if len(node.args) > 2 and node.args[2] is not None else 0
     start = min(max(start + size if start < 0 else start, 0), size)
     length = node_meta(node).shape[dim]
-    return ref.then("narrow", (dim, start, length), node_meta(node).shape)
+    step = node.args[4] if len(node.args) > 4 else 1
+    if step == 1 or length == 0:
+        return ref.then("narrow", (dim, start, length), node_meta(node).shape)
+    return ref.then("slice", (dim, start, length, step), node_meta(node).shape)  # Swin's patch merging: x[:, 0::2]
 
 
 @RULES.register(aten.split_with_sizes.default, aten.split.Tensor)

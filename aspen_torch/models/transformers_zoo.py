@@ -1,0 +1,117 @@
+"""Small configs of transformers' model families with random weights (nothing is
+downloaded), each with example inputs: what tests/test_hf_models.py checks against
+eager and examples/model_zoo.py reports on. Needs `pip install transformers`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    make: Callable[[], tuple[nn.Module, tuple]]  # (model in eval mode, example inputs)
+    runs_whole: bool  # every op has an aspen rule (strict mode compiles it)
+    note: str = ""
+
+
+class FirstOutput(nn.Module):
+    """The model's first output (the last hidden state) as a plain tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, *inputs):
+        return self.model(*inputs)[0]
+
+
+def _unit_scale(model: nn.Module) -> nn.Module:
+    # transformers' CNN inits (std 0.02 weights, also on batch-norm scales, no fan-in
+    # scaling) shrink activations to ~1e-40 after a few layers, where any tolerance passes.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _tokens(batch: int = 2, seq: int = 24) -> tuple:
+    return (torch.randint(2, 500, (batch, seq)),)
+
+
+def _padded_tokens() -> tuple:
+    ids, = _tokens()
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    return ids, mask
+
+
+def _images(size: int = 64) -> tuple:
+    return (torch.randn(2, 3, size, size),)
+
+
+_LM = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=500)
+_VIT = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, image_size=32,
+            patch_size=8)
+
+
+def families() -> dict[str, Family]:
+    import transformers as T
+
+    def lm(model_cls, config_cls, inputs=_tokens, **config):
+        return lambda: (FirstOutput(model_cls(config_cls(**config))), inputs())
+
+    def cnn(model_cls, config_cls, size=64, **config):
+        return lambda: (FirstOutput(_unit_scale(model_cls(config_cls(**config)))), _images(size))
+
+    return {
+        "gpt2": Family(lm(T.GPT2Model, T.GPT2Config, n_layer=2, n_embd=64, n_head=4, vocab_size=500), True,
+                       "tensor literals"),
+        "llama": Family(lm(T.LlamaModel, T.LlamaConfig, _padded_tokens, num_key_value_heads=2, **_LM), True,
+                        "grouped-query attention, padding mask"),
+        "mistral": Family(lm(T.MistralModel, T.MistralConfig, num_key_value_heads=2, **_LM), True),
+        "qwen2": Family(lm(T.Qwen2Model, T.Qwen2Config, num_key_value_heads=2, **_LM), True),
+        "phi": Family(lm(T.PhiModel, T.PhiConfig, **_LM), True),
+        "bloom": Family(lm(T.BloomModel, T.BloomConfig, n_layer=2, hidden_size=64, n_head=4, vocab_size=500), True,
+                        "ALiBi"),
+        "opt": Family(lm(T.OPTModel, T.OPTConfig, num_hidden_layers=2, hidden_size=64, ffn_dim=128,
+                         num_attention_heads=4, vocab_size=500, word_embed_proj_dim=64), True),
+        "bert": Family(lm(T.BertModel, T.BertConfig, _padded_tokens, **_LM), True, "padding mask"),
+        "roberta": Family(lm(T.RobertaModel, T.RobertaConfig, **_LM), True, "position ids by cumsum"),
+        "distilbert": Family(lm(T.DistilBertModel, T.DistilBertConfig, n_layers=2, dim=64, hidden_dim=128,
+                                n_heads=4, vocab_size=500), True),
+        "albert": Family(lm(T.AlbertModel, T.AlbertConfig, embedding_size=32, **_LM), True),
+        "electra": Family(lm(T.ElectraModel, T.ElectraConfig, embedding_size=32, **_LM), True),
+        "deberta-v2": Family(lm(T.DebertaV2Model, T.DebertaV2Config, **_LM), True),
+        "t5-encoder": Family(lm(T.T5EncoderModel, T.T5Config, num_layers=2, d_model=64, d_ff=128, d_kv=16,
+                                num_heads=4, vocab_size=500), True),
+        "clip-text": Family(lm(T.CLIPTextModel, T.CLIPTextConfig, **_LM), True, "argmax pooling"),
+        "vit": Family(lambda: (FirstOutput(T.ViTModel(T.ViTConfig(**_VIT))), _images(32)), True),
+        "deit": Family(lambda: (FirstOutput(T.DeiTModel(T.DeiTConfig(**_VIT))), _images(32)), True),
+        "clip-vision": Family(lambda: (FirstOutput(T.CLIPVisionModel(T.CLIPVisionConfig(**_VIT))), _images(32)),
+                              True),
+        "resnet": Family(cnn(T.ResNetModel, T.ResNetConfig, embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                             depths=[1, 1, 1, 1]), True, "shortcut conv after the main branch"),
+        "mobilenet-v2": Family(cnn(T.MobileNetV2Model, T.MobileNetV2Config, depth_multiplier=0.35, image_size=64),
+                               True, "explicit (TF-style) padding"),
+        "convnext": Family(cnn(T.ConvNextModel, T.ConvNextConfig, hidden_sizes=[16, 32, 64, 128],
+                               depths=[1, 1, 1, 1], layer_scale_init_value=1.0), True),
+        "regnet": Family(cnn(T.RegNetModel, T.RegNetConfig, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                             groups_width=8), True, "grouped convs"),
+        "efficientnet": Family(cnn(T.EfficientNetModel, T.EfficientNetConfig, image_size=64,
+                                   depth_coefficient=0.3), True, "depthwise convs, squeeze-excite"),
+        "segformer": Family(cnn(T.SegformerModel, T.SegformerConfig, num_encoder_blocks=2, depths=[1, 1],
+                                sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+                                strides=[4, 2], patch_sizes=[7, 3], mlp_ratios=[2, 2]), True),
+        "swin": Family(cnn(T.SwinModel, T.SwinConfig, size=32, image_size=32, patch_size=4, embed_dim=16,
+                           depths=[1, 1], num_heads=[2, 2], window_size=4), True, "strided slices (patch merging)"),
+        "whisper-encoder": Family(lambda: (FirstOutput(T.WhisperModel(T.WhisperConfig(
+            d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=32)).encoder),
+            (torch.randn(2, 16, 64),)), False, "1-d convs run in eager"),
+    }
