@@ -1,6 +1,7 @@
 """The torch.compile backend: orchestrates capture -> partition -> APU lowering -> plan -> execution."""
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -46,9 +47,32 @@ def _has_symbolic_shapes(example_inputs: Sequence[Any]) -> bool:
         isinstance(s, torch.SymInt) for s in x.shape)) for x in example_inputs)
 
 
+def _read_by_item(graph_module: fx.GraphModule) -> list[int]:
+    """Positions of inputs the graph reads only through .item(): Python numbers that dynamo
+    passes as 0-d tensors (module floats such as batch norm's eps under dynamic=True)."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    return [i for i, p in enumerate(placeholders)
+            if p.users and all(u.op == "call_method" and u.target == "item" for u in p.users)]
+
+
+def _with_numbers(graph_module: fx.GraphModule, numbers: dict[int, Any]) -> fx.GraphModule:
+    """A copy of the graph in which the .item() of input i is the Python number numbers[i]."""
+    specialized = fx.GraphModule(graph_module, copy.deepcopy(graph_module.graph))
+    placeholders = [n for n in specialized.graph.nodes if n.op == "placeholder"]
+    for i, number in numbers.items():
+        for item in list(placeholders[i].users):
+            for user in list(item.users):
+                user.args = fx.node.map_arg(user.args, lambda a, item=item: number if a is item else a)
+                user.kwargs = fx.node.map_arg(user.kwargs, lambda a, item=item: number if a is item else a)
+            specialized.graph.erase_node(item)
+    specialized.recompile()
+    return specialized
+
+
 class _PerShapeCompiler:
-    """Dynamo sent a graph with symbolic sizes; aspen plans static tiles, so it
-    compiles once per concrete input signature seen at call time."""
+    """Dynamo sent a graph with symbolic sizes, or Python numbers as tensors; aspen plans
+    static tiles, so it compiles once per concrete input signature seen at call time
+    (shapes, and the values of those numbers)."""
 
     def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], options: AspenOptions,
                  report: CompileReport) -> None:
@@ -56,13 +80,16 @@ class _PerShapeCompiler:
         self._frozen_inputs = frozen_inputs
         self._options = options
         self._report = report
+        self._numbers = _read_by_item(graph_module)
         self._compiled: dict[tuple, Callable] = {}
 
     def __call__(self, *args: Any) -> Any:
+        numbers = {i: args[i].item() for i in self._numbers}
         key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        key += tuple(numbers.items())
         fn = self._compiled.get(key)
         if fn is None:
-            fn = capture(self._graph_module, args, self._frozen_inputs,
+            fn = capture(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs,
                          lambda captured: compile_captured(captured, self._options, self._report))
             self._compiled[key] = fn
         return fn(*args)
@@ -82,7 +109,7 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
         report.fallback_ops["<whole graph: autograd>"] += 1
         return graph_module.forward
     frozen_inputs = parameter_or_buffer_inputs(graph_module, example_inputs)
-    if _has_symbolic_shapes(example_inputs):
+    if _has_symbolic_shapes(example_inputs) or _read_by_item(graph_module):
         return _PerShapeCompiler(graph_module, frozen_inputs, opts, report)
     return capture(graph_module, example_inputs, frozen_inputs,
                    lambda captured: compile_captured(captured, opts, report))

@@ -37,6 +37,20 @@ def test_new_shapes_recompile_and_stay_correct():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_dynamic_true_specializes_shapes_and_module_floats():
+    """Under torch.compile(dynamic=True) dynamo also passes module floats (batch norm's eps
+    and momentum) as 0-d tensors read by .item(), which AOTAutograd cannot trace; aspen
+    compiles per concrete shapes and values, and a changed eps still gives eager's answer."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2)
+        compiled = torch.compile(model, backend="aspen", options={"strict": True}, dynamic=True)
+        for shape, eps in [((2, 3, 9, 9), 1e-5), ((3, 3, 12, 7), 1e-5), ((3, 3, 12, 7), 0.5)]:
+            model[1].eps = eps
+            x = torch.randn(shape)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
 def test_compiled_partition_rejects_mismatched_inputs():
     captured = []
 
