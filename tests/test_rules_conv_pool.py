@@ -141,3 +141,50 @@ def test_mean_over_spatial_dims(keepdim):
 def test_adaptive_avg_pool_to_one():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 11, 9))
+
+
+class SpeechFrontEnd(nn.Module):
+    """1-d convolutions as speech models use them: strided, grouped, dilated, with batch
+    norm, GELU and a residual add after them, then a transpose to [batch, time, channels]."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = nn.Conv1d(8, 16, 5, stride=2, padding=2), nn.BatchNorm1d(16)
+        self.b = nn.Conv1d(16, 16, 3, padding=1, groups=4)
+        self.c = nn.Conv1d(16, 32, 3, padding=2, dilation=2, bias=False)
+
+    def forward(self, x):
+        y = F.gelu(self.bn(self.a(x)))
+        y = torch.relu(self.b(y) + y)
+        return self.c(y).transpose(1, 2)
+
+
+def test_conv1d_runs_as_a_one_row_conv2d():
+    model = SpeechFrontEnd().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    report = assert_matches_eager(model, torch.randn(3, 8, 50), options={"min_tile_flops": 1e3})
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}, "batch norm folded, the rest fused"
+    assert report.tiles_per_op["aten.convolution.default"] > 3
+
+
+@pytest.mark.parametrize("after", ["conv2d", "conv1d", "input"])
+def test_group_norm(after):
+    """Whole images per tile; after a 1-d conv its [batch, channels, length] view is not
+    dense for the kernel and is copied first."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 12, 3, padding=1) if after == "conv2d" else nn.Conv1d(8, 12, 3, padding=1)
+            self.norm = nn.GroupNorm(4, 12) if after != "input" else nn.GroupNorm(2, 8)
+            with torch.no_grad():
+                self.norm.weight.uniform_(0.5, 1.5)
+                self.norm.bias.uniform_(-1, 1)
+
+        def forward(self, x):
+            return F.silu(self.norm(self.conv(x) if after != "input" else x * 2))
+
+    x = torch.randn(4, 8, 9, 7) if after == "conv2d" else torch.randn(4, 8, 30)
+    report = assert_matches_eager(Model().eval(), x, options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.native_group_norm.default"] > 1

@@ -113,5 +113,9 @@ def families() -> dict[str, Family]:
         "whisper-encoder": Family(lambda: (FirstOutput(T.WhisperModel(T.WhisperConfig(
             d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
             encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=32)).encoder),
-            (torch.randn(2, 16, 64),)), False, "1-d convs run in eager"),
+            (torch.randn(2, 16, 64),)), True, "1-d convolutions"),
+        "wav2vec2": Family(lambda: (FirstOutput(_unit_scale(T.Wav2Vec2Model(T.Wav2Vec2Config(
+            **{**_LM, "vocab_size": 32}, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_feat_extract_layers=2, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)))),
+            (torch.randn(2, 800),)), True, "1-d convolutions, group norm"),
     }

@@ -61,8 +61,8 @@ def _check_conv(node: fx.Node, is_frozen):
         return "transposed convolution"
     if float32_only(node):
         return float32_only(node)
-    if node_meta(x).dim() != 4:
-        return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 2-d)"
+    if node_meta(x).dim() not in (3, 4):
+        return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 1-d and 2-d)"
     return None
 
 
@@ -96,12 +96,19 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     weight, bias = ctx.constant(w), ctx.constant(b) if b is not None else None
     if weight is None or (b is not None and bias is None):
         raise NotImplementedError("aspen: convolution weights must be frozen parameters")
+    xref, out_shape = ctx.ref(x), tuple(node_meta(node).shape)
+    if len(out_shape) == 3:
+        # A 1-d convolution (speech front ends) is a 2-d one over a single row: its
+        # activations live as [batch, channels, 1, length] channels-last buffers.
+        weight = weight.unsqueeze(2)
+        stride, padding, dilation = (1, stride[0]), (0, padding[0]), (1, dilation[0])
+        xref = xref.reshaped((xref.shape[0], xref.shape[1], 1, xref.shape[2]))
+        out_shape = (out_shape[0], out_shape[1], 1, out_shape[2])
     weight, bias, batch_norm = absorb_batch_norm(node, ctx, weight, bias)
     stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
-    xref = ctx.ref(x)
     n, c, h, wd = xref.shape
     oc, _, kh, kw = weight.shape
-    _, _, oh, ow = node_meta(node).shape
+    _, _, oh, ow = out_shape
     flops = 2.0 * n * oc * oh * ow * (c // groups) * kh * kw
     weight = weight.contiguous()
     bias_ref = TensorRef.of(ctx.constant_buffer(bias.contiguous())) if bias is not None else None
@@ -125,10 +132,10 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
 
     blocks = _output_channel_blocks(ctx, flops, n, c * h * wd, weight, groups)
     if blocks is None:
-        out = _window_tiles(node, ctx, TileKind.CONV2D, x, node_meta(node).shape, (kh, kw), stride, padding,
+        out = _window_tiles(node, ctx, TileKind.CONV2D, xref, out_shape, (kh, kw), stride, padding,
                             dilation, flops, True, inputs_for, ints_of)
     else:
-        out = ctx.new_buffer(node)
+        out = ctx.new_buffer(node, out_shape)
         i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(Window(kh, stride[0], padding[0], dilation[0]), 0, oh, h)
         for image in range(n):
             for channels in blocks:
@@ -138,6 +145,8 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
                             [Region(xref, in_box), *inputs_for(1, seen_rows, seen_pad, channels)],
                             ints_of(top, bottom), [], str(node.target), node.name)
                 ctx.add_tile(tile, fusible_for=node)
+    if out.shape != tuple(node_meta(node).shape):
+        out = out.reshaped(node_meta(node).shape)  # a 1-d convolution's [batch, channels, length] view
     if batch_norm is not None:
         ctx.absorb(node, batch_norm, (out, None, None))
     return out

@@ -42,15 +42,19 @@ def broadcast_box(box: Box, shape: Sequence[int]) -> Box:
 
 def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Sequence[Box],
                arg_region: Callable[[int, TensorRef, Box], Box], result_index: int = 0,
-               operands: Optional[dict[int, TensorRef]] = None) -> TensorRef:
+               operands: Optional[dict[int, TensorRef]] = None,
+               sizes_of: Optional[Callable[[Box], dict[int, Any]]] = None) -> TensorRef:
     """One aten-op tile per output box; arg_region(i, ref, box) gives the box of tensor
     argument i (schema position) that the tile reads. `operands` replaces the refs of
-    some arguments (e.g. by a copy in a layout the kernel can read)."""
+    some arguments (e.g. by a copy in a layout the kernel can read); `sizes_of(box)` the
+    non-tensor arguments that describe the tile's own size (group norm's batch count)."""
     args = schema_args(node)
     refs = {i: ctx.ref(a) for i, a in enumerate(args) if isinstance(a, fx.Node)}
     refs.update(operands or {})
     for box in boxes:
         call_args: list[Any] = list(args)
+        for i, size in (sizes_of(box) if sizes_of else {}).items():
+            call_args[i] = size
         inputs = []
         for i, ref in refs.items():
             region = Region(ref, arg_region(i, ref, box))
@@ -109,13 +113,14 @@ def lower_rowwise(node: fx.Node, ctx: LoweringContext, reduced: Sequence[int], t
     return aten_tiles(node, ctx, out, boxes, region, result_index)
 
 
-def _check_layer_norm(node, is_frozen):
+def check_normalized_output_only(node, is_frozen):
+    """Layer and group norm also return the mean and rstd, which aspen does not produce."""
     if any(u.args[1] != 0 for u in node.users):
         return "uses the mean or rstd outputs"
     return float32_only(node)
 
 
-@RULES.register(aten.native_layer_norm.default, check=_check_layer_norm)
+@RULES.register(aten.native_layer_norm.default, check=check_normalized_output_only)
 def lower_layer_norm(node, ctx):
     shape = node_meta(node).shape
     reduced = range(len(shape) - len(node.args[1]), len(shape))

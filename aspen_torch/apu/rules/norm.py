@@ -1,4 +1,5 @@
-"""Batch norm in eval: folded into the preceding convolution's weights, or a per-channel affine of its own."""
+"""Batch norm in eval: folded into the preceding convolution's weights, or a per-channel
+affine of its own. Group norm: whole images per tile, by ATen's kernel."""
 from __future__ import annotations
 
 import operator
@@ -9,8 +10,10 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..registry import RULES, float32_only
-from ..tile_graph import PointwiseOp
+from ..tile_graph import Box, PointwiseOp, TensorRef, full_box
 from .elementwise import lower_pointwise
+from .generic import aten_tiles, check_normalized_output_only, row_blocks
+from .layout import copy_to_new_buffer
 
 aten = torch.ops.aten
 BATCH_NORM = aten._native_batch_norm_legit_no_training.default
@@ -70,4 +73,25 @@ def lower_batch_norm(node: fx.Node, ctx: LoweringContext):
     shift = shift.float().reshape(channel_shape)
     out = lower_pointwise(node, ctx, PointwiseOp.MUL, node.args[0], scale)
     ctx.append_epilogue(node, PointwiseOp.ADD, shift, a=1.0)
+    return (out, None, None)
+
+
+@RULES.register(aten.native_group_norm.default, check=check_normalized_output_only)
+def lower_group_norm(node: fx.Node, ctx: LoweringContext):
+    """Tiles over the batch (a group spans all of an image's positions), each telling the
+    kernel its own batch count. The kernel needs its input dense (contiguous, or 4-d
+    channels-last), which a 1-d convolution's [batch, channels, length] view is not: copied."""
+    shape = tuple(node_meta(node).shape)
+    xref = ctx.ref(node.args[0])
+    meta = xref.meta()
+    if not (meta.is_contiguous() or (meta.dim() == 4 and meta.is_contiguous(memory_format=torch.channels_last))):
+        xref = copy_to_new_buffer(ctx, xref, shape, f"{node.name}_input", str(node.target))
+    out = ctx.new_buffer(node, shape, channels_last=False)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return box if i == 0 else full_box(ref.shape)
+
+    boxes = row_blocks(node, ctx, shape, tuple(range(1, len(shape))))
+    out = aten_tiles(node, ctx, out, boxes, region, operands={0: xref},
+                     sizes_of=lambda box: {3: box[0][1] - box[0][0]})
     return (out, None, None)
