@@ -2,6 +2,7 @@
 
     python bench/bench.py            # ResNet-50 B1 and B32, BERT-base S128 B1 and B8
     python bench/bench.py --quick    # ResNet-50 B1 only, fewer runs (what the README demo prints)
+    python bench/bench.py --workloads gpt2-b1,llama-b1   # decoders: GPT-2 small, LLaMA-style GQA
 
 Medians (with min and max) over --runs timed calls after warmup; each round calls every
 backend in turn, so slow drifts of this shared machine hit all of them alike. Within a round a
@@ -70,10 +71,34 @@ def bert_workload(batch: int, seq: int = 128) -> Workload:
     return Workload(f"BERT-base S{seq} B{batch}", BertBase, lambda: bert_inputs(batch, seq))
 
 
+class DecoderLM(torch.nn.Module):
+    """A transformers decoder (random weights) returning last_hidden_state: GPT-2 small, or
+    a LLaMA-style model of BERT-base's size with grouped-query attention (4 K/V heads)."""
+
+    def __init__(self, family: str):
+        super().__init__()
+        import transformers as T
+
+        self.model = (T.GPT2Model(T.GPT2Config()) if family == "gpt2" else T.LlamaModel(T.LlamaConfig(
+            num_hidden_layers=12, hidden_size=768, intermediate_size=2048, num_attention_heads=12,
+            num_key_value_heads=4, vocab_size=32000))).eval()
+
+    def forward(self, input_ids):
+        return self.model(input_ids)[0]
+
+
+def decoder_workload(family: str, batch: int = 1, seq: int = 128) -> Workload:
+    label = "GPT-2 small" if family == "gpt2" else "LLaMA-style 12x768 GQA"
+    return Workload(f"{label} S{seq} B{batch}", lambda: DecoderLM(family),
+                    lambda: (torch.randint(0, 32000, (batch, seq)),))
+
+
 WORKLOADS = {
     "resnet50-b1": lambda: resnet50_workload(1), "resnet50-b32": lambda: resnet50_workload(32),
     "bert-b1": lambda: bert_workload(1), "bert-b8": lambda: bert_workload(8),
+    "gpt2-b1": lambda: decoder_workload("gpt2"), "llama-b1": lambda: decoder_workload("llama"),
 }
+ISSUE_WORKLOADS = ["resnet50-b1", "resnet50-b32", "bert-b1", "bert-b8"]  # the default run: issue 5's targets
 
 
 def inductor_freezing_backend(graph_module, example_inputs):
@@ -244,7 +269,7 @@ def main(argv=None) -> int:
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backends {sorted(unknown)}")
-    names = args.workloads.split(",") if args.workloads else (["resnet50-b1"] if args.quick else list(WORKLOADS))
+    names = args.workloads.split(",") if args.workloads else (["resnet50-b1"] if args.quick else ISSUE_WORKLOADS)
     unknown = set(names) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}")
