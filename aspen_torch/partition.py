@@ -55,7 +55,8 @@ def _frozen_nodes(graph_module: fx.GraphModule, frozen: dict[int, torch.Tensor])
     """Frozen placeholders, tensor constants and every node computable from them alone at compile time."""
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     constants = _tensor_constants(graph_module)
-    result = {placeholders[i] for i in frozen} | {n for n in graph_module.graph.nodes if n.name in constants}
+    result = {placeholders[i] for i in frozen} | {
+        n for n in graph_module.graph.nodes if n.op == "get_attr" and n.name in constants}
     for node in graph_module.graph.nodes:
         if is_foldable(node, result.__contains__) or (
                 node.target is operator.getitem and node.args[0] in result):

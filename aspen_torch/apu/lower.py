@@ -175,9 +175,11 @@ class LoweringContext:
                    else Region(operand_ref, self.tiles[i].out.box) for i in tiles]
         if any(r is None for r in regions):
             return None
-        # Tile indices are a topological order (the planner relies on it): an operand
-        # written by a later tile (a residual add whose shortcut conv comes after the
-        # main branch in the graph) cannot be read by these tiles' epilogue.
+        # The operand must be complete before the tile starts. Tile indices are a
+        # topological order (the planner relies on it), so a later tile's output (a
+        # residual add whose shortcut conv comes after the main branch) would be a
+        # backward edge; the tile's own output (conv(x) + conv(x)) is not there yet
+        # when a conv tile pre-fills its output with the residual.
         if any(writer >= i for i, r in zip(tiles, regions) for writer in self._writers_of(r)):
             return None
         return regions
