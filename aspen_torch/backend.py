@@ -74,13 +74,13 @@ class _PerShapeCompiler:
     static tiles, so it compiles once per concrete input signature seen at call time
     (shapes, and the values of those numbers)."""
 
-    def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], options: AspenOptions,
-                 report: CompileReport) -> None:
+    def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], numbers: list[int],
+                 options: AspenOptions, report: CompileReport) -> None:
         self._graph_module = graph_module
         self._frozen_inputs = frozen_inputs
+        self._numbers = numbers  # positions from _read_by_item
         self._options = options
         self._report = report
-        self._numbers = _read_by_item(graph_module)
         self._compiled: dict[tuple, Callable] = {}
 
     def __call__(self, *args: Any) -> Any:
@@ -109,7 +109,8 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
         report.fallback_ops["<whole graph: autograd>"] += 1
         return graph_module.forward
     frozen_inputs = parameter_or_buffer_inputs(graph_module, example_inputs)
-    if _has_symbolic_shapes(example_inputs) or _read_by_item(graph_module):
-        return _PerShapeCompiler(graph_module, frozen_inputs, opts, report)
+    numbers = _read_by_item(graph_module)
+    if _has_symbolic_shapes(example_inputs) or numbers:
+        return _PerShapeCompiler(graph_module, frozen_inputs, numbers, opts, report)
     return capture(graph_module, example_inputs, frozen_inputs,
                    lambda captured: compile_captured(captured, opts, report))

@@ -109,16 +109,8 @@ def test_residual_whose_shortcut_conv_comes_later_fuses_into_the_shortcut():
 def test_value_added_to_itself_is_not_fused_into_its_conv():
     """y + y reads the conv tiles' own output: a conv tile pre-fills its output with the
     residual before convolving, when that output does not exist yet (wrong before)."""
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return torch.relu(y + y)
-
-    assert_matches_eager(Model().eval(), torch.randn(2, 3, 10, 10), options={"min_tile_flops": 1e3})
+    model = ConvThen(lambda y: torch.relu(y + y)).eval()
+    assert_matches_eager(model, torch.randn(2, 3, 10, 10), options={"min_tile_flops": 1e3})
 
 
 def test_python_numbers_where_the_schema_says_tensor_promote_as_in_eager():

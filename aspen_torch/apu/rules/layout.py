@@ -11,7 +11,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
-from .generic import aten_tiles
+from .generic import aten_tiles, row_blocks
 
 aten = torch.ops.aten
 
@@ -149,12 +149,9 @@ def lower_constant_pad(node, ctx):
     out = ctx.new_buffer(node)
     rank = len(out.shape)
     padded = {rank - 1 - i // 2 for i, amount in enumerate(pad) if amount != 0}  # pairs run from the last dim back
-    kept = tuple(d for d in range(rank) if d not in padded)
-    numel = max(1, math.prod(out.shape))
-    rows = max(1, math.prod(out.shape[d] for d in kept))
-    boxes = split_dims(out.shape, kept, ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
+    boxes = row_blocks(node, ctx, out.shape, padded)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
-        return tuple(box[d] if d in kept else (0, ref.shape[d]) for d in range(rank))
+        return tuple((0, ref.shape[d]) if d in padded else box[d] for d in range(rank))
 
     return aten_tiles(node, ctx, out, boxes, region)
