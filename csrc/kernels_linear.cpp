@@ -13,11 +13,11 @@ const c10::OperatorHandle& onednn_linear() {
   return op;
 }
 
-// oneDNN's post-op for a pointwise step, if it has one: (attr, scalars, algorithm).
-bool onednn_post_op(const PointwiseStep& s, std::string* attr, c10::List<std::optional<c10::Scalar>>* scalars,
-                    std::string* algorithm) {
+// oneDNN's post-op for a pointwise step, if it has one that keeps eager's results:
+// (attr, algorithm). Relu and clamp stay ATen steps: oneDNN computes them
+// with max/min, which turn NaN into the bound where eager keeps NaN.
+bool onednn_post_op(const PointwiseStep& s, std::string* attr, std::string* algorithm) {
   switch (s.op) {
-    case PointwiseOp::kRelu: *attr = "relu"; return true;
     case PointwiseOp::kSigmoid: *attr = "sigmoid"; return true;
     case PointwiseOp::kTanh: *attr = "tanh"; return true;
     case PointwiseOp::kSilu: *attr = "swish"; return true;
@@ -25,11 +25,6 @@ bool onednn_post_op(const PointwiseStep& s, std::string* attr, c10::List<std::op
     case PointwiseOp::kGelu:
       *attr = "gelu";
       *algorithm = s.a != 0 ? "tanh" : "none";
-      return true;
-    case PointwiseOp::kClamp:
-      *attr = "hardtanh";
-      scalars->push_back(c10::Scalar(s.a));
-      scalars->push_back(c10::Scalar(s.b));
       return true;
     default: return false;
   }
@@ -39,15 +34,14 @@ bool onednn_post_op(const PointwiseStep& s, std::string* attr, c10::List<std::op
 
 void run_packed_linear(const TileSpec& t) {
   std::string attr = "none", algorithm;
-  c10::List<std::optional<c10::Scalar>> scalars;
-  const bool fused = !t.epilogue.empty() && onednn_post_op(t.epilogue[0], &attr, &scalars, &algorithm);
+  const bool fused = !t.epilogue.empty() && onednn_post_op(t.epilogue[0], &attr, &algorithm);
   torch::jit::Stack stack;
   stack.reserve(6);
   stack.emplace_back(t.tensors[1]);
   stack.emplace_back(t.tensors[2]);
   stack.emplace_back(t.tensors[3].defined() ? c10::IValue(t.tensors[3]) : c10::IValue());
   stack.emplace_back(attr);
-  stack.emplace_back(scalars);
+  stack.emplace_back(c10::List<std::optional<c10::Scalar>>());
   stack.emplace_back(algorithm.empty() ? c10::IValue() : c10::IValue(algorithm));
   onednn_linear().callBoxed(&stack);
   const at::Tensor& out = t.tensors[0];

@@ -91,6 +91,20 @@ def test_heavy_weight_conv_is_cut_into_output_channel_blocks(channels, batch, st
     assert all(t.epilogue for t in conv), "the residual add and ReLU run inside the conv tiles"
 
 
+@pytest.mark.parametrize("channels,stride", [(8, 1), (64, 2)])
+def test_conv_relu_epilogue_keeps_nan(channels, stride):
+    """A NaN in the input stays NaN through conv, BN, the residual add and ReLU, as in eager
+    (oneDNN's relu post-op is max(x, 0), which gives 0). Row bands (8 channels) and
+    output-channel blocks (64)."""
+    model = ResidualConv(channels, stride).eval()
+    x = torch.randn(2, channels, 9, 8)
+    x[0, 1, 4, 3] = float("nan")
+    x[1, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        assert model(x).isnan().any()
+    assert_matches_eager(model, x, options={"num_dses": 2, "tiles_per_dse": 2, "min_tile_flops": 1e4})
+
+
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", [
     (3, 2, 1, 1, False), (2, 2, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 0, 2, False),
     (3, 2, 1, 1, True), ((3, 2), (2, 1), (1, 0), 1, False)])

@@ -20,6 +20,18 @@ def test_linear_over_3d_input():
     assert_matches_eager(model, torch.randn(3, 11, 24))
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.Hardtanh(-0.5, 0.5), nn.ReLU6(), nn.GELU(), nn.SiLU(),
+                                        nn.Tanh(), nn.Sigmoid()], ids=lambda m: type(m).__name__)
+def test_linear_activation_epilogue_keeps_nan(activation):
+    """A NaN row stays NaN through linear + activation, as in eager: oneDNN's relu and clamp
+    post-ops are max/min, which turn NaN into the bound."""
+    model = nn.Sequential(nn.Linear(32, 48), activation).eval()
+    x = torch.randn(6, 32)
+    x[2, 5] = float("nan")
+    report = assert_matches_eager(model, x, options={"min_tile_flops": 1e3})
+    assert set(report.tiles_per_op) == {"aten.addmm.default"}, "the activation runs inside the linear tiles"
+
+
 def test_mm_of_two_activations():
     class Model(nn.Module):
         def forward(self, a, b):
