@@ -100,3 +100,23 @@ def test_large_batches_are_cut_into_small_chunks():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
     report = aspen_torch.explain(model, torch.randn(16, 3, 8, 8), options={"num_dses": 2, "min_tile_flops": 1.0})
     assert report.tiles_per_op["aten.convolution.default"] == 16 // policy.max_batch_per_tile
+
+
+def test_empty_batch_needs_no_tiles():
+    """A batch of 0 images: the ops with empty outputs get buffers but no tiles (rules cut
+    outputs by their sizes and would divide by zero); reductions over the empty batch,
+    and a cat with a non-empty tensor, still run as tiles and match eager."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+            return y, y.sum(0), y.mean(0), torch.cat([y, torch.ones(2, 4)])
+
+    model = Model().eval()
+    report = assert_matches_eager(model, torch.randn(0, 3, 16, 16))
+    assert set(report.tiles_per_op) == {"aten.sum.dim_IntList", "aten.mean.dim", "aten.cat.default"}
+    with torch.no_grad():
+        assert aspen_torch.explain(model.conv, torch.randn(0, 3, 16, 16), options={"strict": True}).num_tiles == 0

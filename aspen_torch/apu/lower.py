@@ -261,6 +261,8 @@ class LoweringContext:
                 continue
             if is_foldable(node, lambda n: isinstance(self.values.get(n), torch.Tensor)):
                 self.values[node] = self._evaluate(node)
+            elif _has_only_empty_outputs(node):
+                self.values[node] = _unwritten_value(node)
             elif node.target is operator.getitem:
                 self.absorb(node.args[0], node, self.value(node.args[0])[node.args[1]])
             else:
@@ -275,6 +277,22 @@ class LoweringContext:
         args, kwargs = self.value(node.args), self.value(node.kwargs)
         with torch.no_grad():
             return node.target(*args, **kwargs)
+
+
+def _has_only_empty_outputs(node: fx.Node) -> bool:
+    """Every tensor the node produces has no elements (a batch of 0): nothing to compute."""
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else [val]
+    tensors = [v for v in vals if isinstance(v, torch.Tensor)]
+    return bool(tensors) and len(tensors) == len(vals) and all(v.numel() == 0 for v in tensors)
+
+
+def _unwritten_value(node: fx.Node) -> Value:
+    """Buffers, and no tiles, for outputs with no elements; readers of them get no edges."""
+    val = node.meta["val"]
+    refs = tuple(TensorRef.of(Buffer(f"{node.name}_{i}", tuple(v.shape), v.dtype, channels_last=v.dim() == 4))
+                 for i, v in enumerate(val if isinstance(val, (tuple, list)) else [val]))
+    return refs if isinstance(val, (tuple, list)) else refs[0]
 
 
 def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy) -> TileGraph:
