@@ -152,6 +152,17 @@ def test_mean_over_spatial_dims(keepdim):
     assert_matches_eager(Mean(), torch.randn(3, 6, 7, 5), options={"min_tile_flops": 10})
 
 
+def test_mean_over_all_dims():
+    """x.mean() (aten.mean.default) and an empty or absent dim list, of a 2-d and a
+    channels-last 4-d activation, with and without keepdim."""
+    class Mean(nn.Module):
+        def forward(self, x, y):
+            return x.mean(), (x * 2).mean(dim=[]), y.relu().mean(), (y + 1).mean(dim=None, keepdim=True)
+
+    report = assert_matches_eager(Mean(), torch.randn(7, 33), torch.randn(2, 3, 9, 5))
+    assert report.tiles_per_op["aten.mean.default"] == 2 and report.tiles_per_op["aten.mean.dim"] == 2
+
+
 def test_adaptive_avg_pool_to_one():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 11, 9))

@@ -219,15 +219,16 @@ def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim
 
 
 def _check_mean(node: fx.Node, is_frozen):
-    if node.kwargs.get("dtype") is not None:
-        return "mean with dtype="
-    return float32_only(node) if node.args[1] else "mean over all dims (no dim list)"
+    return "mean with dtype=" if node.kwargs.get("dtype") is not None else float32_only(node)
 
 
-@RULES.register(aten.mean.dim, check=_check_mean)
+@RULES.register(aten.mean.dim, aten.mean.default, check=_check_mean)
 def lower_mean(node: fx.Node, ctx: LoweringContext):
+    """mean.default and an empty or absent dim list reduce over every dim."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = list(dims or range(node_meta(node.args[0]).dim()))
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    return _lower_mean(node, ctx, node.args[0], list(node.args[1]), bool(keepdim))
+    return _lower_mean(node, ctx, node.args[0], dims, bool(keepdim))
 
 
 def _check_adaptive_avg_pool(node: fx.Node, is_frozen):
