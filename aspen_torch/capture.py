@@ -50,8 +50,9 @@ class FrozenInputsGuard:
     """The boxed callable handed back to AOTAutograd. Dynamo reuses a compiled graph for
     another module instance of the same shapes and does not see in-place weight updates,
     while aspen bakes weights into its plans; so every call checks that the frozen inputs
-    are the tensors, at the versions, that it was compiled for, and compiles the kept aten
-    graph again for others (a few weight sets are kept)."""
+    are the tensors, at the versions and over the storages, that it was compiled for, and
+    compiles the kept aten graph again for others (a few weight sets are kept). Writes
+    through `param.data` bump no version and are not seen (as with inductor's freezing)."""
 
     _boxed_call = True  # AOTAutograd passes the arguments as one list
     MAX_WEIGHT_SETS = 4
@@ -71,8 +72,10 @@ class FrozenInputsGuard:
 
     def _compile_for(self, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
         fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
-        # The tensors stay referenced with their entry, so their identities are not reused meanwhile.
-        self._compiled[_C.frozen_signature(tensors, list(range(len(tensors))))] = (fn, tensors)
+        # The tensors and their storages stay referenced with their entry, so their identities
+        # are not reused meanwhile (a storage swapped out by `param.data = other` included).
+        storages = [t.untyped_storage() for t in tensors]
+        self._compiled[_C.frozen_signature(tensors, list(range(len(tensors))))] = (fn, tensors, storages)
         while len(self._compiled) > self.MAX_WEIGHT_SETS:
             self._compiled.popitem(last=False)
         return fn

@@ -120,7 +120,7 @@ void run_program(Runtime& runtime, const std::shared_ptr<Program>& program, bool
 // attribute lookups per tensor, over ResNet-50's 268 parameters, cache-cold after a call)
 // it took ~0.1-0.2 ms of every call.
 pybind11::bytes frozen_signature(const pybind11::list& args, const std::vector<int64_t>& positions) {
-  std::string key(positions.size() * 2 * sizeof(int64_t), '\0');
+  std::string key(positions.size() * 3 * sizeof(int64_t), '\0');
   auto* out = reinterpret_cast<int64_t*>(key.data());
   const auto size = static_cast<int64_t>(args.size());
   for (size_t i = 0; i < positions.size(); ++i) {
@@ -129,8 +129,11 @@ pybind11::bytes frozen_signature(const pybind11::list& args, const std::vector<i
     PyObject* arg = PyList_GET_ITEM(args.ptr(), positions[i]);
     TORCH_CHECK(THPVariable_Check(arg), "aspen: frozen input ", positions[i], " is not a tensor");
     const at::Tensor& tensor = THPVariable_Unpack(arg);
-    out[2 * i] = static_cast<int64_t>(reinterpret_cast<intptr_t>(tensor.unsafeGetTensorImpl()));
-    out[2 * i + 1] = static_cast<int64_t>(tensor._version());
+    out[3 * i] = static_cast<int64_t>(reinterpret_cast<intptr_t>(tensor.unsafeGetTensorImpl()));
+    out[3 * i + 1] = static_cast<int64_t>(tensor._version());
+    // `param.data = other` swaps the storage under the same tensor and version.
+    out[3 * i + 2] = static_cast<int64_t>(reinterpret_cast<intptr_t>(
+        tensor.has_storage() ? tensor.storage().unsafeGetStorageImpl() : nullptr));
   }
   return pybind11::bytes(key);
 }
@@ -173,6 +176,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("stop_trace", &stop_trace,
            "Stops tracing; returns (program, tile, label, dse, start_ns, end_ns) per tile run meanwhile.");
   m.def("frozen_signature", &frozen_signature, pybind11::arg("args"), pybind11::arg("positions"),
-        "Identity and version of the tensors at `positions` of `args`, as a bytes key.");
+        "Identity, version and storage of the tensors at `positions` of `args`, as a bytes key.");
   m.attr("MAX_DSES") = Runtime::kMaxDses;
 }

@@ -130,6 +130,8 @@ def test_other_weights_are_not_answered_with_frozen_ones():
         compiled(x)
         first.load_state_dict(second.state_dict())  # in place: same tensors, new values
         torch.testing.assert_close(compiled(x), second(x), rtol=1e-4, atol=1e-4)
+        first.fc.weight.data = torch.randn_like(first.fc.weight)  # same tensor and version, new storage
+        torch.testing.assert_close(compiled(x), first(x), rtol=1e-4, atol=1e-4)
 
 
 def test_output_broadcast_from_a_buffer():
