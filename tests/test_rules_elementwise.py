@@ -10,7 +10,8 @@ from helpers import assert_matches_eager
 ACTIVATIONS = {
     "relu": torch.relu, "relu6": F.relu6, "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.7),
     "silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish, "tanh": torch.tanh,
-    "clamp": lambda x: torch.clamp(x, -0.3, 0.4), "abs": torch.abs, "neg": torch.neg, "exp": torch.exp,
+    "clamp": lambda x: torch.clamp(x, -0.3, 0.4), "clamp_min": lambda x: x.clamp(min=-0.2),
+    "clamp_max": lambda x: x.clamp(max=0.3), "clamp_min_op": lambda x: torch.clamp_min(x, 0.1), "abs": torch.abs, "neg": torch.neg, "exp": torch.exp,
     "sqrt": lambda x: torch.sqrt(x.abs()), "rsqrt": lambda x: torch.rsqrt(x.abs() + 0.1), "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }

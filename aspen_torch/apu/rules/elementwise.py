@@ -1,13 +1,15 @@
 """Pointwise ops: fused as epilogues of the tiles producing their input when safe, else tiled alone."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from .generic import lower_elementwise
+from .generic import lower_elementwise, schema_args
 from ..tile_graph import EpilogueStep, PointwiseOp, Region, Tile, TileKind
 
 aten = torch.ops.aten
@@ -63,19 +65,18 @@ def lower_hardtanh(node, ctx):
     return lower_pointwise(node, ctx, PointwiseOp.CLAMP, node.args[0], a=float(lo), b=float(hi))
 
 
-def _check_clamp(node: fx.Node, is_frozen):
-    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
-    if lo is None or hi is None:
-        return "clamp needs both bounds"
-    return _scalar_only(1, 2)(node, is_frozen)
+def _clamp_bounds(node: fx.Node) -> tuple:
+    """(min, max) of clamp, clamp_min or clamp_max; None where there is no bound."""
+    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    return args.get("min"), args.get("max")
 
 
-@RULES.register(aten.clamp.default, check=_check_clamp)
+@RULES.register(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default, check=_scalar_only(1, 2))
 def lower_clamp(node, ctx):
-    lo = node.args[1] if len(node.args) > 1 else node.kwargs["min"]
-    hi = node.args[2] if len(node.args) > 2 else node.kwargs["max"]
-    return lower_pointwise(node, ctx, PointwiseOp.CLAMP, node.args[0], a=float(lo), b=float(hi))
+    """A missing bound is an infinite one: clamp(x, lo, inf) is clamp_min(x, lo), NaN included."""
+    lo, hi = _clamp_bounds(node)
+    return lower_pointwise(node, ctx, PointwiseOp.CLAMP, node.args[0], a=-math.inf if lo is None else float(lo),
+                           b=math.inf if hi is None else float(hi))
 
 
 @RULES.register(aten.silu.default)
