@@ -74,14 +74,22 @@ def test_masks_of_other_dtypes():
 @pytest.mark.parametrize("reduce", [
     lambda x: x.sum((0, 2)), lambda x: x.amax(-1, keepdim=True), lambda x: x.amin((1, 2)),
     lambda x: x.argmax(-1), lambda x: x.argmin(1, keepdim=True), lambda x: x.argmax(),
-    lambda x: (x > 0).any(-1), lambda x: (x > -2).all(1)])
-def test_reductions(reduce):
-    """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax)."""
+    lambda x: (x > 0).any(-1), lambda x: (x > -2).all(1), lambda x: x.max(-1), lambda x: x.min(1, keepdim=True),
+    lambda x: x.max(), lambda x: x.min(), lambda x: x.norm(dim=-1), lambda x: F.normalize(x, dim=-1),
+    lambda x: torch.linalg.vector_norm(x, 1, (0, 2)), lambda x: x.var(-1), lambda x: x.std(1, keepdim=True),
+    lambda x: x.var(), lambda x: torch.logsumexp(x, -1), lambda x: x.prod(1)])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_reductions(reduce, with_nan):
+    """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),
+    max / min with their indices, norms and variances; NaN propagates as in eager."""
     class Model(nn.Module):
         def forward(self, x):
             return reduce(x * 2)
 
-    report = assert_matches_eager(Model(), torch.randn(6, 5, 9), options={"min_tile_flops": 1})
+    x = torch.randn(6, 5, 9)
+    if with_nan:
+        x[2, 3, 4] = float("nan")
+    report = assert_matches_eager(Model(), x, options={"min_tile_flops": 1})
     assert report.num_tiles > 1
 
 

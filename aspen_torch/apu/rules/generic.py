@@ -16,7 +16,7 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
 
@@ -205,27 +205,41 @@ def _check_reduction(node, is_frozen):
     return "reduction with dtype=" if node.kwargs.get("dtype") is not None else None
 
 
-@RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
-                aten.any.dim, aten.any.dims, aten.all.dim, check=_check_reduction)
+REDUCTIONS = (aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
+              aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
+              aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default)
+# Reductions that return (values, indices); each is computed by its own set of tiles.
+VALUES_AND_INDICES = (aten.max.dim, aten.min.dim)
+
+
+@RULES.register(*REDUCTIONS, *VALUES_AND_INDICES, check=_check_reduction)
 def lower_reduction(node, ctx):
-    """Tiles over the kept dims; each tile reads its slice of the input whole along the reduced dims."""
+    """Tiles over the kept dims; each tile reads its slice of the input whole along the
+    reduced dims (the schema's `dim`; none or an empty list is every dim)."""
     x = ctx.ref(node.args[0])
     rank = len(x.shape)
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    dims = args.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
     dims = sorted(d % rank for d in dims) if rank else []
-    keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+    keepdim = bool(args.get("keepdim", False))
     kept = [d for d in range(rank) if d not in dims]
-    out = ctx.new_buffer(node, channels_last=False)
     out_kept = tuple(kept) if keepdim else tuple(range(len(kept)))
     rows = max(1, node_meta(node).numel())
-    boxes = split_dims(out.shape, out_kept, _parts(ctx, node, node_meta(node.args[0]).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows))
+    parts = _parts(ctx, node, node_meta(node.args[0]).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, rows)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         kept_ranges = iter(box[d] for d in out_kept)
         return tuple((0, ref.shape[d]) if d in dims else next(kept_ranges) for d in range(rank))
 
-    return aten_tiles(node, ctx, out, boxes, region)
+    if node.target not in VALUES_AND_INDICES:
+        out = ctx.new_buffer(node, channels_last=False)
+        return aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region)
+    outs = []
+    for index, val in enumerate(node.meta["val"]):
+        out = TensorRef.of(Buffer(f"{node.name}_{index}", tuple(val.shape), val.dtype, channels_last=False))
+        outs.append(aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region, result_index=index))
+    return tuple(outs)
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default)
