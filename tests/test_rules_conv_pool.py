@@ -42,6 +42,23 @@ def test_conv2d(case):
     assert report.tiles_per_op["aten.convolution.default"] > 1, "the conv is cut into several tiles"
 
 
+@pytest.mark.parametrize("args,shape", [
+    ((8, 4, 3, 2, 1, 1), (2, 8, 6, 7)),         # stride 2, output padding: cut by batch
+    ((64, 48, 4, 2, 1), (1, 64, 5, 6)),         # one image: output-channel blocks
+    ((8, 8, 3, 1, 1, 0, 2), (3, 8, 6, 7)),      # grouped
+    ((16, 8, 3, 2, 0, 0, 1, True, 2), (1, 16, 4, 5))])  # dilated, one image, fewer channels than a block
+def test_transposed_conv2d(args, shape):
+    """Decoder upsampling with BN and ReLU after it (fused as the tiles' epilogue)."""
+    model = nn.Sequential(nn.ConvTranspose2d(*args), nn.BatchNorm2d(args[1]), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    report = assert_matches_eager(model, torch.randn(*shape), options={"min_tile_flops": 1e3, "num_dses": 2})
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}
+    tiles = report.tiles_per_op["aten.convolution.default"]
+    assert tiles == 1 if shape[0] == 1 and args[1] < 16 else tiles > 1
+
+
 def test_conv_followed_by_batch_norm_is_folded():
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
     with torch.no_grad():

@@ -14,6 +14,7 @@ from ..prepack import pack_conv_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
+from .generic import aten_tiles
 from .norm import absorb_batch_norm
 
 aten = torch.ops.aten
@@ -57,10 +58,10 @@ def _check_conv(node: fx.Node, is_frozen):
     x, w, b = node.args[0], node.args[1], node.args[2]
     if not is_frozen(w) or (b is not None and not is_frozen(b)):
         return "convolution weight or bias is not a frozen parameter (aspen prepacks weights)"
-    if node.args[6]:
-        return "transposed convolution"
     if float32_only(node):
         return float32_only(node)
+    if node.args[6] and node_meta(x).dim() != 4:
+        return f"{node_meta(x).dim() - 2}-d transposed convolution (aspen tiles 2-d)"
     if node_meta(x).dim() not in (3, 4):
         return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 1-d and 2-d)"
     return None
@@ -90,8 +91,37 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
     return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
 
 
+def _lower_transposed_convolution(node: fx.Node, ctx: LoweringContext) -> TensorRef:
+    """Decoder upsampling (U-Net, GAN generators): ATen's own kernel over whole images,
+    cut by batch, then into output-channel blocks (weight [in, out / groups, kh, kw] read
+    at the block's columns). An output row depends on a window of input rows that the
+    stride interleaves, so rows are not cut."""
+    x, w, _, stride, padding, dilation, _, output_padding, groups = node.args
+    n, c, h, wd = node_meta(x).shape
+    _, oc, oh, ow = node_meta(node).shape
+    kh, kw = node_meta(w).shape[2:]
+    flops = 2.0 * n * c * (oc // groups) * h * wd * kh * kw
+    out = ctx.new_buffer(node)
+    blocks = max(1, oc // _CHANNEL_BLOCK) if groups == 1 else 1
+    tiles = ctx.policy.num_tiles(flops, n * blocks, batch=n)
+    if tiles <= n:
+        boxes = [((n0, n1), (0, oc), (0, oh), (0, ow)) for n0, n1 in split_range(n, tiles)]
+    else:
+        channel_ranges = split_range(oc, min(blocks, -(-tiles // n)))
+        boxes = [((i, i + 1), cs, (0, oh), (0, ow)) for i in range(n) for cs in channel_ranges]
+
+    def region(i: int, ref: TensorRef, box) -> tuple:
+        if i == 0:
+            return (box[0], (0, c), (0, h), (0, wd))
+        return ((0, ref.shape[0]), box[1], *((0, s) for s in ref.shape[2:])) if i == 1 else (box[1],)
+
+    return aten_tiles(node, ctx, out, boxes, region)
+
+
 @RULES.register(aten.convolution.default, check=_check_conv)
 def lower_convolution(node: fx.Node, ctx: LoweringContext):
+    if node.args[6]:
+        return _lower_transposed_convolution(node, ctx)
     x, w, b, stride, padding, dilation, _, _, groups = node.args
     weight, bias = ctx.constant(w), ctx.constant(b) if b is not None else None
     if weight is None or (b is not None and bias is None):
