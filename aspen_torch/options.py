@@ -29,10 +29,17 @@ class AspenOptions:
         if unknown:
             raise ValueError(f"aspen: unknown option(s) {unknown}; known options are {sorted(known)}")
         parsed = AspenOptions(**options)
-        if parsed.num_dses is not None and (not isinstance(parsed.num_dses, int) or parsed.num_dses < 1):
+        if parsed.num_dses is not None and not _is_int_at_least(parsed.num_dses, 1):
             raise ValueError(f"aspen: num_dses must be an int >= 1, got {parsed.num_dses!r}")
         if not isinstance(parsed.strict, bool):
             raise ValueError(f"aspen: strict must be a bool, got {parsed.strict!r}")
-        if parsed.tiles_per_dse < 1 or parsed.min_tile_flops <= 0:
-            raise ValueError("aspen: tiles_per_dse must be >= 1 and min_tile_flops > 0")
+        if not _is_int_at_least(parsed.tiles_per_dse, 1):
+            raise ValueError(f"aspen: tiles_per_dse must be an int >= 1, got {parsed.tiles_per_dse!r}")
+        if isinstance(parsed.min_tile_flops, bool) or not isinstance(parsed.min_tile_flops, (int, float)) \
+                or not parsed.min_tile_flops > 0:
+            raise ValueError(f"aspen: min_tile_flops must be a number > 0, got {parsed.min_tile_flops!r}")
         return parsed
+
+
+def _is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

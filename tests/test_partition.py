@@ -84,7 +84,11 @@ def test_options_are_validated():
     with pytest.raises(Exception, match="unknown option"):
         with torch.no_grad():
             torch.compile(nn.ReLU(), backend="aspen", options={"num_dse": 2})(torch.randn(3))
-    torch._dynamo.reset()
-    with pytest.raises(Exception, match="num_dses"):
-        with torch.no_grad():
-            torch.compile(nn.ReLU(), backend="aspen", options={"num_dses": 0})(torch.randn(3))
+    for bad, match in [({"num_dses": 0}, "num_dses"), ({"num_dses": 2.0}, "num_dses"),
+                       ({"tiles_per_dse": "2"}, "tiles_per_dse"), ({"tiles_per_dse": 0}, "tiles_per_dse"),
+                       ({"min_tile_flops": "1e6"}, "min_tile_flops"), ({"min_tile_flops": float("nan")}, "min_tile_flops"),
+                       ({"strict": 1}, "strict")]:
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=match):
+            with torch.no_grad():
+                torch.compile(nn.ReLU(), backend="aspen", options=bad)(torch.randn(3))
