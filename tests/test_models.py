@@ -6,13 +6,25 @@ import torch
 from helpers import assert_matches_eager
 
 import aspen_torch
-from aspen_torch.models import SmallCNN, resnet18, resnet50
+from aspen_torch.models import SmallCNN, UNet, resnet18, resnet50
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_cnn(batch):
     report = assert_matches_eager(SmallCNN().eval(), torch.randn(batch, 3, 37, 29))
     assert report.num_partitions == 1
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unet(batch):
+    """Encoder-decoder: every op on aspen, one partition (transposed convs, skip concats, resizing)."""
+    model = UNet().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2)
+    report = assert_matches_eager(model, torch.randn(batch, 3, 48, 40))
+    assert report.num_partitions == 1 and report.tiles_per_op["aten.convolution.default"] > 13
 
 
 def test_resnet18_non_square():
