@@ -1,8 +1,10 @@
 """The torch.compile backend: orchestrates capture -> partition -> APU lowering -> plan -> execution."""
 from __future__ import annotations
 
+import collections
 import copy
 import logging
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -10,6 +12,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from .apu import TilePolicy, lower_partition
+from .apu.prepack import SHARED_PACKS, PackedWeights
 from .capture import CapturedGraph, capture, parameter_or_buffer_inputs
 from .errors import AspenUnsupportedError
 from .execute import CompiledPartition
@@ -22,7 +25,8 @@ from .runtime import SHARED_RUNTIME
 log = logging.getLogger("aspen_torch")
 
 
-def compile_captured(captured: CapturedGraph, options: AspenOptions, report: CompileReport) -> Callable:
+def compile_captured(captured: CapturedGraph, options: AspenOptions, report: CompileReport,
+                     packs: PackedWeights) -> Callable:
     runtime = SHARED_RUNTIME.get(options.num_dses)
     policy = TilePolicy(runtime.num_dses, options.tiles_per_dse, options.min_tile_flops)
     partitioned = partition(captured, options.strict)
@@ -31,7 +35,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
     for part in partitioned.partitions:
         # AOTAutograd calls us under fake mode; folding and prepacking need real tensors.
         with unset_fake_temporarily(), torch.no_grad():
-            tile_graph = lower_partition(part.graph_module, part.inputs, policy)
+            tile_graph = lower_partition(part.graph_module, part.inputs, policy, packs)
             compiled_plan = plan(tile_graph)
         outputs = next(n for n in part.graph_module.graph.nodes if n.op == "output").args[0]
         compiled = CompiledPartition(part.name, tile_graph, compiled_plan,
@@ -72,26 +76,36 @@ def _with_numbers(graph_module: fx.GraphModule, numbers: dict[int, Any]) -> fx.G
 class _PerShapeCompiler:
     """Dynamo sent a graph with symbolic sizes, or Python numbers as tensors; aspen plans
     static tiles, so it compiles once per concrete input signature seen at call time
-    (shapes, and the values of those numbers)."""
+    (shapes, and the values of those numbers). The plans share packed weights; the least
+    recently used plans beyond MAX_PLANS are dropped (a signature seen again recompiles),
+    so a model served at ever new sequence lengths holds bounded memory."""
+
+    MAX_PLANS = 16
 
     def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], numbers: list[int],
-                 options: AspenOptions, report: CompileReport) -> None:
+                 options: AspenOptions, report: CompileReport, packs: PackedWeights) -> None:
         self._graph_module = graph_module
         self._frozen_inputs = frozen_inputs
         self._numbers = numbers  # positions from _read_by_item
         self._options = options
         self._report = report
-        self._compiled: dict[tuple, Callable] = {}
+        self._packs = packs
+        self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
         numbers = {i: args[i].item() for i in self._numbers}
         key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
         key += tuple(numbers.items())
-        fn = self._compiled.get(key)
-        if fn is None:
-            fn = capture(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs,
-                         lambda captured: compile_captured(captured, self._options, self._report))
-            self._compiled[key] = fn
+        with self._lock:
+            fn = self._compiled.get(key)
+            if fn is None:
+                fn = capture(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs,
+                             lambda captured: compile_captured(captured, self._options, self._report, self._packs))
+                self._compiled[key] = fn
+                while len(self._compiled) > self.MAX_PLANS:
+                    self._compiled.popitem(last=False)
+            self._compiled.move_to_end(key)
         return fn(*args)
 
 
@@ -111,6 +125,6 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
     frozen_inputs = parameter_or_buffer_inputs(graph_module, example_inputs)
     numbers = _read_by_item(graph_module)
     if _has_symbolic_shapes(example_inputs) or numbers:
-        return _PerShapeCompiler(graph_module, frozen_inputs, numbers, opts, report)
+        return _PerShapeCompiler(graph_module, frozen_inputs, numbers, opts, report, SHARED_PACKS)
     return capture(graph_module, example_inputs, frozen_inputs,
-                   lambda captured: compile_captured(captured, opts, report))
+                   lambda captured: compile_captured(captured, opts, report, SHARED_PACKS))

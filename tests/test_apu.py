@@ -8,6 +8,7 @@ from helpers import assert_matches_eager
 
 import aspen_torch
 from aspen_torch.apu.policy import TilePolicy, split_dims, split_range
+from aspen_torch.apu.prepack import PackedWeights
 from aspen_torch.apu.window import Window, output_bands
 
 
@@ -120,3 +121,23 @@ def test_empty_batch_needs_no_tiles():
     assert set(report.tiles_per_op) == {"aten.sum.dim_IntList", "aten.mean.dim", "aten.cat.default"}
     with torch.no_grad():
         assert aspen_torch.explain(model.conv, torch.randn(0, 3, 16, 16), options={"strict": True}).num_tiles == 0
+
+
+def test_packed_weights_are_shared_only_for_equal_weights():
+    """One packing per distinct weight, found again for an equal copy (other instances,
+    other shapes' plans), never for a different weight with the same shape and sum."""
+    packs = PackedWeights()
+    w = torch.randn(96, 64)
+    packed = packs.linear(w, 8)
+    assert packs.linear(w.clone(), 32) is packed, "oneDNN's linear layout does not depend on the rows"
+    swapped = w.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]  # same sum, other weight
+    other = packs.linear(swapped, 8)
+    assert other is not packed and torch.equal(other.to_dense(), swapped)
+    conv = torch.randn(16, 8, 3, 3)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    assert packs.conv(conv, *args, [1, 8, 14, 14]) is packs.conv(conv.clone(), *args, [1, 8, 14, 14])
+    assert packs.conv(conv, *args, [1, 8, 14, 14]) is not packs.conv(conv, *args, [1, 8, 28, 28])
+    assert len(packs) > 0
+    del packed, other
+    assert len(packs) == 0, "a packing nobody holds is dropped"

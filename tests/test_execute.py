@@ -51,6 +51,25 @@ def test_dynamic_true_specializes_shapes_and_module_floats():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_plans_per_sequence_length_share_packed_weights_and_stay_bounded(monkeypatch):
+    """A transformer served at ever new sequence lengths (dynamic shapes): every length gets
+    its plan, all plans use one packing per linear, and only the most recently used plans
+    are kept (a length seen again after eviction compiles again, correctly)."""
+    monkeypatch.setattr(aspen_torch.backend._PerShapeCompiler, "MAX_PLANS", 2)
+    model = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32)).eval()
+    report = aspen_torch.CompileReport()
+    compiled = torch.compile(model, dynamic=True, backend=lambda gm, ex: aspen_torch.aspen_backend(
+        gm, ex, {"strict": True}, report=report))
+    with torch.no_grad():
+        for length in (16, 24, 40, 16):
+            x = torch.randn(1, length, 32)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    assert report.num_graphs == 4, "16 was evicted by 24 and 40 and compiled again"
+    packed = [{id(t.inputs[1].ref.buffer.constant) for t in graph.tiles if t.inputs[1] is not None
+               and t.inputs[1].ref.buffer.constant is not None} for graph in report.tile_graphs]
+    assert len(packed[0]) >= 2 and all(p == packed[0] for p in packed), "one packing per linear for all lengths"
+
+
 def test_compiled_partition_rejects_mismatched_inputs():
     captured = []
 

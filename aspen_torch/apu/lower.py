@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from .policy import TilePolicy
+from .prepack import PackedWeights
 from .registry import RULES, is_foldable
 from .tile_graph import (
     Box,
@@ -50,9 +51,10 @@ def node_meta(node: fx.Node) -> torch.Tensor:
 
 
 class LoweringContext:
-    def __init__(self, graph_module: fx.GraphModule, policy: TilePolicy) -> None:
+    def __init__(self, graph_module: fx.GraphModule, policy: TilePolicy, packs: PackedWeights) -> None:
         self.graph_module = graph_module
         self.policy = policy
+        self.packs = packs
         self.tiles: list[Tile] = []
         self.values: dict[fx.Node, Value] = {}
         self._edges: set[tuple[int, int]] = set()
@@ -295,5 +297,6 @@ def _unwritten_value(node: fx.Node) -> Value:
     return refs if isinstance(val, (tuple, list)) else refs[0]
 
 
-def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy) -> TileGraph:
-    return LoweringContext(graph_module, policy).run(inputs)
+def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy,
+                    packs: PackedWeights) -> TileGraph:
+    return LoweringContext(graph_module, policy, packs).run(inputs)

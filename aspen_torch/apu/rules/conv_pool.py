@@ -10,7 +10,6 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
-from ..prepack import pack_conv_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
@@ -150,8 +149,8 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
         key = (batch, rows, pad_h, *channels)
         if key not in packed:
             block = weight[channels[0]:channels[1]]
-            weight_tensor = pack_conv_weight(block, [pad_h, padding[1]], stride, dilation, groups,
-                                             [batch, c, rows, wd])
+            weight_tensor = ctx.packs.conv(block, [pad_h, padding[1]], stride, dilation, groups,
+                                           [batch, c, rows, wd])
             ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
             packed[key] = Region(ref, tuple((0, s) for s in block.shape))
         bias_region = Region(bias_ref, (channels,)) if bias_ref is not None else None

@@ -7,7 +7,6 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import split_range
 from ..registry import RULES, float32_only
-from ..prepack import pack_linear_weight
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 
 aten = torch.ops.aten
@@ -38,7 +37,7 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
             else:
                 key = (r1 - r0, c0, c1)
                 if key not in packed:
-                    weight_tensor = pack_linear_weight(frozen_w[:, c0:c1].t(), r1 - r0)
+                    weight_tensor = ctx.packs.linear(frozen_w[:, c0:c1].t(), r1 - r0)
                     ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
                     packed[key] = Region(ref, ((0, c1 - c0), (0, k)))
                 kind, weight = TileKind.PACKED_LINEAR, packed[key]
