@@ -93,6 +93,22 @@ def test_reductions(reduce, with_nan):
     assert report.num_tiles > 1
 
 
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_topk_and_sort(with_nan):
+    """Values and indices, along the last and the first dim, sorted and not, with ties
+    (small integers) broken as in eager."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return (torch.topk(x * 2, 5), torch.topk(x, 3, dim=0, largest=False, sorted=False), x.sort(-1),
+                    torch.sort(x, dim=0, descending=True, stable=True), x.argsort(1))
+
+    x = torch.randint(0, 3, (4, 7, 40)).float()
+    if with_nan:
+        x[1, 2, 3] = float("nan")
+    report = assert_matches_eager(Model(), x, options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.topk.default"] > 2 and report.tiles_per_op["aten.sort.default"] > 2
+
+
 def test_position_ids_from_padding_mask():
     """RoBERTa's position ids: a cumulative sum over the non-padding tokens, and a gather."""
     class Model(nn.Module):

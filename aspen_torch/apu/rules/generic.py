@@ -235,11 +235,29 @@ def lower_reduction(node, ctx):
     if node.target not in VALUES_AND_INDICES:
         out = ctx.new_buffer(node, channels_last=False)
         return aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region)
-    outs = []
-    for index, val in enumerate(node.meta["val"]):
-        out = TensorRef.of(Buffer(f"{node.name}_{index}", tuple(val.shape), val.dtype, channels_last=False))
-        outs.append(aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region, result_index=index))
-    return tuple(outs)
+    return tuple(aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region, result_index=index)
+                 for index, out in enumerate(_result_buffers(node)))
+
+
+def _result_buffers(node: fx.Node) -> list[TensorRef]:
+    """A buffer per output of an op returning several tensors (values and indices)."""
+    return [TensorRef.of(Buffer(f"{node.name}_{i}", tuple(val.shape), val.dtype, channels_last=False))
+            for i, val in enumerate(node.meta["val"])]
+
+
+@RULES.register(aten.topk.default, aten.sort.default, aten.sort.stable)
+def lower_sorting(node, ctx):
+    """Row blocks spanning the sorted dim; the values and the indices each by their own
+    tiles. Any dtype: the op's own kernel runs."""
+    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    rank = max(1, node_meta(node.args[0]).dim())
+    dim = args["dim"] % rank
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return tuple((0, ref.shape[d]) if d == dim else box[d] for d in range(len(ref.shape)))
+
+    return tuple(aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, (dim,)), region, result_index=index)
+                 for index, out in enumerate(_result_buffers(node)))
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default)
