@@ -46,10 +46,15 @@ def test_conv2d(case):
     ((8, 4, 3, 2, 1, 1), (2, 8, 6, 7)),         # stride 2, output padding: cut by batch
     ((64, 48, 4, 2, 1), (1, 64, 5, 6)),         # one image: output-channel blocks
     ((8, 8, 3, 1, 1, 0, 2), (3, 8, 6, 7)),      # grouped
-    ((16, 8, 3, 2, 0, 0, 1, True, 2), (1, 16, 4, 5))])  # dilated, one image, fewer channels than a block
-def test_transposed_conv2d(args, shape):
+    ((16, 8, 3, 2, 0, 0, 1, True, 2), (1, 16, 4, 5)),  # dilated, one image, fewer channels than a block
+    ((32, 16, 4, 2, 1), (2, 32, 25)),           # 1-d (vocoders)
+    ((64, 32, 3, 3), (1, 64, 17)),              # 1-d, one sequence: output-channel blocks
+    ((8, 4, 2, 2), (2, 8, 3, 4, 5))])           # 3-d
+def test_transposed_conv(args, shape):
     """Decoder upsampling with BN and ReLU after it (fused as the tiles' epilogue)."""
-    model = nn.Sequential(nn.ConvTranspose2d(*args), nn.BatchNorm2d(args[1]), nn.ReLU()).eval()
+    conv, norm = {3: (nn.ConvTranspose1d, nn.BatchNorm1d), 4: (nn.ConvTranspose2d, nn.BatchNorm2d),
+                  5: (nn.ConvTranspose3d, nn.BatchNorm3d)}[len(shape)]
+    model = nn.Sequential(conv(*args), norm(args[1]), nn.ReLU()).eval()
     with torch.no_grad():
         model[1].running_mean.uniform_(-1, 1)
         model[1].running_var.uniform_(0.5, 2)

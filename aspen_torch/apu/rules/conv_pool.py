@@ -2,6 +2,7 @@
 receptive field, or (convolutions whose weights outweigh an image) output-channel blocks."""
 from __future__ import annotations
 
+import math
 import operator
 from typing import Optional
 
@@ -59,9 +60,9 @@ def _check_conv(node: fx.Node, is_frozen):
         return "convolution weight or bias is not a frozen parameter (aspen prepacks weights)"
     if float32_only(node):
         return float32_only(node)
-    if node.args[6] and node_meta(x).dim() != 4:
-        return f"{node_meta(x).dim() - 2}-d transposed convolution (aspen tiles 2-d)"
-    if node_meta(x).dim() not in (3, 4):
+    if node.args[6] and node_meta(x).dim() not in (3, 4, 5):
+        return f"{node_meta(x).dim() - 2}-d transposed convolution (aspen tiles 1-d to 3-d)"
+    if not node.args[6] and node_meta(x).dim() not in (3, 4):
         return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 1-d and 2-d)"
     return None
 
@@ -91,27 +92,27 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
 
 
 def _lower_transposed_convolution(node: fx.Node, ctx: LoweringContext) -> TensorRef:
-    """Decoder upsampling (U-Net, GAN generators): ATen's own kernel over whole images,
-    cut by batch, then into output-channel blocks (weight [in, out / groups, kh, kw] read
-    at the block's columns). An output row depends on a window of input rows that the
-    stride interleaves, so rows are not cut."""
-    x, w, _, stride, padding, dilation, _, output_padding, groups = node.args
-    n, c, h, wd = node_meta(x).shape
-    _, oc, oh, ow = node_meta(node).shape
-    kh, kw = node_meta(w).shape[2:]
-    flops = 2.0 * n * c * (oc // groups) * h * wd * kh * kw
+    """Decoder upsampling (U-Net, GAN generators, vocoders): ATen's own kernel over whole
+    images, cut by batch, then into output-channel blocks (weight [in, out / groups, *kernel]
+    read at the block's columns). An output row depends on a window of input rows that
+    the stride interleaves, so rows are not cut."""
+    x, w, groups = node.args[0], node.args[1], node.args[8]
+    in_shape, out_shape = tuple(node_meta(x).shape), tuple(node_meta(node).shape)
+    n, c, oc = in_shape[0], in_shape[1], out_shape[1]
+    flops = 2.0 * (oc // groups) * math.prod(in_shape) * math.prod(node_meta(w).shape[2:])
     out = ctx.new_buffer(node)
     blocks = max(1, oc // _CHANNEL_BLOCK) if groups == 1 else 1
     tiles = ctx.policy.num_tiles(flops, n * blocks, batch=n)
+    spatial = tuple((0, s) for s in out_shape[2:])
     if tiles <= n:
-        boxes = [((n0, n1), (0, oc), (0, oh), (0, ow)) for n0, n1 in split_range(n, tiles)]
+        boxes = [((n0, n1), (0, oc), *spatial) for n0, n1 in split_range(n, tiles)]
     else:
         channel_ranges = split_range(oc, min(blocks, -(-tiles // n)))
-        boxes = [((i, i + 1), cs, (0, oh), (0, ow)) for i in range(n) for cs in channel_ranges]
+        boxes = [((i, i + 1), cs, *spatial) for i in range(n) for cs in channel_ranges]
 
     def region(i: int, ref: TensorRef, box) -> tuple:
         if i == 0:
-            return (box[0], (0, c), (0, h), (0, wd))
+            return (box[0], *((0, s) for s in ref.shape[1:]))
         return ((0, ref.shape[0]), box[1], *((0, s) for s in ref.shape[2:])) if i == 1 else (box[1],)
 
     return aten_tiles(node, ctx, out, boxes, region)
