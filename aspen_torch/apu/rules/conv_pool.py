@@ -14,7 +14,7 @@ from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
-from .generic import aten_tiles
+from .generic import aten_tiles, named_schema_args
 from .norm import absorb_batch_norm
 
 aten = torch.ops.aten
@@ -255,10 +255,9 @@ def _check_mean(node: fx.Node, is_frozen):
 @RULES.register(aten.mean.dim, aten.mean.default, check=_check_mean)
 def lower_mean(node: fx.Node, ctx: LoweringContext):
     """mean.default and an empty or absent dim list reduce over every dim."""
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    dims = list(dims or range(node_meta(node.args[0]).dim()))
-    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    return _lower_mean(node, ctx, node.args[0], dims, bool(keepdim))
+    args = named_schema_args(node)
+    dims = list(args.get("dim") or range(node_meta(node.args[0]).dim()))
+    return _lower_mean(node, ctx, node.args[0], dims, bool(args.get("keepdim", False)))
 
 
 def _check_adaptive_avg_pool(node: fx.Node, is_frozen):

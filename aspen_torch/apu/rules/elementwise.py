@@ -9,7 +9,7 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from .generic import lower_elementwise, schema_args
+from .generic import lower_elementwise, named_schema_args
 from ..tile_graph import EpilogueStep, PointwiseOp, Region, Tile, TileKind
 
 aten = torch.ops.aten
@@ -67,7 +67,7 @@ def lower_hardtanh(node, ctx):
 
 def _clamp_bounds(node: fx.Node) -> tuple:
     """(min, max) of clamp, clamp_min or clamp_max; None where there is no bound."""
-    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    args = named_schema_args(node)
     return args.get("min"), args.get("max")
 
 

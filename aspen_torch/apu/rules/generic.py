@@ -34,6 +34,11 @@ def schema_args(node: fx.Node) -> list:
     return args
 
 
+def named_schema_args(node: fx.Node) -> dict[str, Any]:
+    """The node's arguments by schema name, defaults filled in."""
+    return dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+
+
 def broadcast_box(box: Box, shape: Sequence[int]) -> Box:
     """The box of an input of `shape` that broadcasting maps onto output `box`."""
     offset = len(box) - len(shape)
@@ -218,7 +223,7 @@ def lower_reduction(node, ctx):
     reduced dims (the schema's `dim`; none or an empty list is every dim)."""
     x = ctx.ref(node.args[0])
     rank = len(x.shape)
-    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    args = named_schema_args(node)
     dims = args.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
     dims = sorted(d % rank for d in dims) if rank else []
@@ -249,7 +254,7 @@ def _result_buffers(node: fx.Node) -> list[TensorRef]:
 def lower_sorting(node, ctx):
     """Row blocks spanning the sorted dim; the values and the indices each by their own
     tiles. Any dtype: the op's own kernel runs."""
-    args = dict(zip((a.name for a in node.target._schema.arguments), schema_args(node)))
+    args = named_schema_args(node)
     rank = max(1, node_meta(node.args[0]).dim())
     dim = args["dim"] % rank
 
