@@ -63,7 +63,7 @@ class PackedWeights:
         return self._shared(args, weight, lambda: pack_conv_weight(weight, padding, stride, dilation, groups, input_size))
 
     def _shared(self, args: tuple, weight: torch.Tensor, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (*args, tuple(weight.shape), weight.dtype, float(weight.sum(dtype=torch.float64)))
+        key = (*args, tuple(weight.shape), weight.dtype, float(weight.sum()))
         with self._lock:
             packed = self._packed.get(key)
             if packed is not None and torch.equal(packed.to_dense(), weight):
