@@ -2,7 +2,8 @@
 strict mode vs eager. Several once broke the backend in their own way: GPT-2 and LLaMA
 carry tensor literals, LLaMA grouped-query attention, RoBERTa position ids built by
 cumsum and a Python-number add, HF ResNet a shortcut conv after its main branch,
-MobileNetV2 explicit (TF-style) padding, CLIP an argmax."""
+MobileNetV2 explicit (TF-style) padding, CLIP an argmax, ConvNeXt V2 a vector norm, DPT
+transposed convolutions."""
 from __future__ import annotations
 
 import os
