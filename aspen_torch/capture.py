@@ -90,6 +90,17 @@ class FrozenInputsGuard:
         return fn(*args)
 
 
+def _mutated_inputs() -> set[int]:
+    """Graph inputs the forward writes (batch norm's running statistics in training mode, a
+    counter buffer): AOTAutograd copies the new values back after each call, so they change
+    every call and are runtime inputs, not constants (frozen, every call would recompile)."""
+    context = torch._guards.TracingContext.try_get()
+    metadata = context.fw_metadata if context is not None else None
+    if metadata is None:
+        return set()
+    return {i for i, info in enumerate(metadata.input_info) if info.mutates_data or info.mutates_metadata}
+
+
 def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
             compile_captured: Callable[[CapturedGraph], Callable]) -> Callable:
     """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`.
@@ -105,7 +116,9 @@ def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], froz
         if count != len(flat):
             raise AspenError(f"aspen: AOTAutograd produced {count} graph inputs for {len(flat)} inputs "
                              "(input mutation or tensor subclass?)")
-        positions = [i for i, (t, f) in enumerate(zip(flat, frozen_flags)) if f and isinstance(t, torch.Tensor)]
+        mutated = _mutated_inputs()
+        positions = [i for i, (t, f) in enumerate(zip(flat, frozen_flags))
+                     if f and isinstance(t, torch.Tensor) and i not in mutated]
         return FrozenInputsGuard(aten_graph, positions, [flat[i] for i in positions], compile_captured)
 
     def training_compiler(_graph: fx.GraphModule, _inputs: list) -> Callable:

@@ -153,6 +153,44 @@ def test_other_weights_are_not_answered_with_frozen_ones():
         torch.testing.assert_close(compiled(x), first(x), rtol=1e-4, atol=1e-4)
 
 
+def test_buffers_the_forward_updates_are_runtime_inputs():
+    """A buffer the forward writes (a step counter; batch norm's statistics in training mode)
+    changes every call: it is read at run time, not frozen, so calls neither recompile nor
+    see a stale value."""
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.register_buffer("steps", torch.zeros(1))
+
+        def forward(self, x):
+            self.steps.add_(1)
+            return self.fc(x) * self.steps
+
+    model, reference = Counter().eval(), Counter().eval()
+    reference.load_state_dict(model.state_dict())
+    report = aspen_torch.CompileReport()
+    compiled = torch.compile(model, backend=lambda gm, ex: aspen_torch.aspen_backend(
+        gm, ex, {"strict": True}, report=report))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert model.steps.item() == 3 and report.num_graphs == 1 and not report.fallback_ops
+
+    bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).train()
+    bn_reference = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).train()
+    bn_reference.load_state_dict(bn.state_dict())
+    report = aspen_torch.CompileReport()
+    compiled = torch.compile(bn, backend=lambda gm, ex: aspen_torch.aspen_backend(gm, ex, {}, report=report))
+    with torch.no_grad():
+        for _ in range(3):
+            y = torch.randn(2, 3, 6, 6)
+            torch.testing.assert_close(compiled(y), bn_reference(y), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn[1].running_var, bn_reference[1].running_var)
+    assert report.num_graphs == 1, "training-mode batch norm (in eager) does not recompile every call"
+
+
 def test_output_broadcast_from_a_buffer():
     """RoBERTa returns a registered buffer expanded over the batch (token type ids): eager's
     output has stride 0 there, and its copy out of the plan must not write overlapping memory."""
