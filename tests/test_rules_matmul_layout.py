@@ -124,3 +124,16 @@ def test_constant_pad_of_every_dim_is_one_tile():
 
     report = assert_matches_eager(Model(), torch.randn(5, 7), options={"min_tile_flops": 1})
     assert report.tiles_per_op["aten.constant_pad_nd.default"] == 1
+
+
+def test_flip_roll_repeat_index_select():
+    """Ops that need whole extents along some dims (flipped, repeated, indexed) and are cut along the others."""
+    class Model(nn.Module):
+        def forward(self, x, index):
+            return (torch.flip(x * 2, [0]), torch.flip(x, [1, -1]), torch.roll(x, 1, 1), x.repeat(2, 1, 1),
+                    x.repeat(3, 1, 2, 1), torch.index_select(x, 1, index), torch.index_select(x * 1, 0, index[:2]))
+
+    report = assert_matches_eager(Model(), torch.randn(4, 6, 5), torch.tensor([3, 0, 5, 3]),
+                                  options={"min_tile_flops": 1})
+    for op in ("aten.flip.default", "aten.repeat.default", "aten.index_select.default"):
+        assert report.tiles_per_op[op] > 2, op

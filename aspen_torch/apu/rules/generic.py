@@ -171,6 +171,41 @@ def lower_embedding(node, ctx):
     return lower_rowwise(node, ctx, (node_meta(node).dim() - 1,), {0: "all", 1: "rows"})
 
 
+def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int]) -> TensorRef:
+    """Tiles over every output dim but `whole`. The first argument (whose dims are the
+    output's last ones) is read at the tile's box, in full along `whole`; any other tensor
+    argument (an index) is read whole."""
+    out = ctx.new_buffer(node, channels_last=False)
+    rank = len(out.shape)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        if i != 0:
+            return full_box(ref.shape)
+        offset = rank - len(ref.shape)
+        return tuple((0, size) if d + offset in whole else box[d + offset] for d, size in enumerate(ref.shape))
+
+    return aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, tuple(whole)), region)
+
+
+@RULES.register(aten.index_select.default)
+def lower_index_select(node, ctx):
+    return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node).dim()),))
+
+
+@RULES.register(aten.flip.default)
+def lower_flip(node, ctx):
+    rank = max(1, node_meta(node).dim())
+    return lower_whole_along(node, ctx, tuple(d % rank for d in named_schema_args(node)["dims"]))
+
+
+@RULES.register(aten.repeat.default)
+def lower_repeat(node, ctx):
+    """New leading dims and repeated dims are whole; the others are cut."""
+    repeats = list(named_schema_args(node)["repeats"])
+    offset = len(repeats) - node_meta(node.args[0]).dim()
+    return lower_whole_along(node, ctx, tuple(d for d, r in enumerate(repeats) if d < offset or r != 1))
+
+
 @RULES.register(aten.cumsum.default)
 def lower_cumsum(node, ctx):
     dim = node.args[1] % max(1, node_meta(node).dim())
