@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Optional
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from . import _C
 from .apu.tile_graph import AtenCall, Buffer, Region, TileGraph, apply_view_steps
@@ -33,12 +34,23 @@ def _out_variant(op: torch._ops.OpOverload) -> Optional[torch._ops.OpOverload]:
 
 def _aten_call(call: AtenCall, out: torch.Tensor, views: "_Views") -> tuple:
     """(op name, overload, arguments, result index) for the C++ tile. An out= overload writes
-    a contiguous output view in place; some ATen out= kernels (softmax) mishandle strided ones."""
+    a contiguous output view in place; some ATen out= kernels (softmax) mishandle strided ones,
+    and some (reflection padding) restride `out` to a channels-last input's layout, which
+    scrambles a view: those tiles call the functional op and copy."""
     op, args = call.op, views.arguments(call.args)
-    out_op = _out_variant(op) if call.result_index == 0 and out.is_contiguous() else None
+    out_op = _out_variant(op) if call.result_index == 0 and out.is_contiguous() \
+        and not any(suggest_memory_format(t) != torch.contiguous_format for t in _tensors_in(args)) else None
     if out_op is not None:
         op, args = out_op, args + [out]
     return (op._schema.name, op._schema.overload_name, args, call.result_index)
+
+
+def _tensors_in(args: Any) -> list[torch.Tensor]:
+    if isinstance(args, torch.Tensor):
+        return [args]
+    if isinstance(args, (list, tuple)):
+        return [t for a in args for t in _tensors_in(a)]
+    return []
 
 
 class _Views:

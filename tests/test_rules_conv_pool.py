@@ -185,6 +185,30 @@ def test_mean_over_all_dims():
     assert report.tiles_per_op["aten.mean.default"] == 2 and report.tiles_per_op["aten.mean.dim"] == 2
 
 
+@pytest.mark.parametrize("after_conv", [False, True])
+def test_reflection_replication_padding_and_adaptive_pools(after_conv):
+    """Cut by (image, channel), planes whole. Their inputs are channels-last activations:
+    ATen's out= kernels would restride the output view to that layout (scrambling it)."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x, seq, vol):
+            x = self.conv(x) if after_conv else x * 2
+            return (F.pad(x, (1, 2, 2, 1), mode="reflect"), F.pad(x, (1, 1, 1, 1), mode="replicate"),
+                    F.pad(seq, (2, 3), mode="reflect"), F.pad(vol, (1, 1, 1, 1, 1, 1), mode="replicate"),
+                    F.adaptive_avg_pool2d(x, (3, 2)), F.adaptive_max_pool2d(x, (3, 4), return_indices=True))
+
+    x = torch.randn(2, 4, 8, 10)
+    x[0, 1, 2, 3] = float("nan")
+    report = assert_matches_eager(Model().eval(), x, torch.randn(2, 3, 9), torch.randn(1, 2, 3, 4, 5),
+                                  options={"min_tile_flops": 1})
+    for op in ("aten.reflection_pad2d.default", "aten.replication_pad2d.default", "aten.reflection_pad1d.default",
+               "aten.replication_pad3d.default", "aten._adaptive_avg_pool2d.default", "aten.adaptive_max_pool2d.default"):
+        assert report.tiles_per_op[op] >= 2, op
+
+
 def test_adaptive_avg_pool_to_one():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 11, 9))

@@ -14,7 +14,7 @@ from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
-from .generic import aten_tiles, named_schema_args
+from .generic import aten_tiles, lower_whole_along, named_schema_args
 from .norm import absorb_batch_norm
 
 aten = torch.ops.aten
@@ -260,12 +260,26 @@ def lower_mean(node: fx.Node, ctx: LoweringContext):
     return _lower_mean(node, ctx, node.args[0], dims, bool(args.get("keepdim", False)))
 
 
-def _check_adaptive_avg_pool(node: fx.Node, is_frozen):
-    if tuple(node.args[1]) not in ((1, 1), (1,)):
-        return "adaptive_avg_pool2d to a size other than 1x1"
-    return float32_only(node)
-
-
-@RULES.register(aten._adaptive_avg_pool2d.default, check=_check_adaptive_avg_pool)
+@RULES.register(aten._adaptive_avg_pool2d.default)
 def lower_adaptive_avg_pool2d(node: fx.Node, ctx: LoweringContext):
-    return _lower_mean(node, ctx, node.args[0], [-1, -2], True)
+    """To 1x1 (classifier heads) a mean; to other sizes ATen's kernel over (image, channel) blocks."""
+    if tuple(node.args[1]) in ((1, 1), (1,)) and float32_only(node) is None:
+        return _lower_mean(node, ctx, node.args[0], [-1, -2], True)
+    return lower_whole_along(node, ctx, _spatial_dims(node))
+
+
+@RULES.register(aten.adaptive_max_pool2d.default, aten.reflection_pad1d.default, aten.reflection_pad2d.default,
+                aten.reflection_pad3d.default, aten.replication_pad1d.default, aten.replication_pad2d.default,
+                aten.replication_pad3d.default)
+def lower_spatial_whole(node: fx.Node, ctx: LoweringContext):
+    """Reflection / replication padding and adaptive max pooling: ATen's kernel over
+    (image, channel) blocks, each reading its planes whole."""
+    return lower_whole_along(node, ctx, _spatial_dims(node))
+
+
+def _spatial_dims(node: fx.Node) -> tuple[int, ...]:
+    """The dims after (batch, channels); an unbatched input has only channels before them."""
+    rank = node_meta(node).dim()
+    spatial = {aten.reflection_pad1d.default: 1, aten.replication_pad1d.default: 1,
+               aten.reflection_pad3d.default: 3, aten.replication_pad3d.default: 3}.get(node.target, 2)
+    return tuple(range(rank - spatial, rank))

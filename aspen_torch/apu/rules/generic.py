@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from ..lower import LoweringContext, node_meta
+from ..lower import LoweringContext, Value, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
 from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
@@ -74,6 +74,15 @@ def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Seque
                     AtenCall(node.target, tuple(call_args), result_index))
         ctx.add_tile(tile, fusible_for=node)
     return out
+
+
+def aten_tiles_per_output(node: fx.Node, ctx: LoweringContext, boxes_of: Callable[[TensorRef], Sequence[Box]],
+                          arg_region: Callable[[int, TensorRef, Box], Box]) -> tuple:
+    """An op returning several tensors (values and indices): a buffer and a set of tiles
+    per output, each tile keeping its output's result of the op."""
+    outs = [TensorRef.of(Buffer(f"{node.name}_{i}", tuple(val.shape), val.dtype, channels_last=False))
+            for i, val in enumerate(node.meta["val"])]
+    return tuple(aten_tiles(node, ctx, out, boxes_of(out), arg_region, result_index=i) for i, out in enumerate(outs))
 
 
 def _parts(ctx: LoweringContext, node: fx.Node, cost: float, max_parts: int) -> int:
@@ -171,12 +180,12 @@ def lower_embedding(node, ctx):
     return lower_rowwise(node, ctx, (node_meta(node).dim() - 1,), {0: "all", 1: "rows"})
 
 
-def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int]) -> TensorRef:
+def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int]) -> Value:
     """Tiles over every output dim but `whole`. The first argument (whose dims are the
     output's last ones) is read at the tile's box, in full along `whole`; any other tensor
-    argument (an index) is read whole."""
-    out = ctx.new_buffer(node, channels_last=False)
-    rank = len(out.shape)
+    argument (an index) is read whole. An op with several outputs (adaptive max pooling's
+    values and indices) gets a set of tiles per output."""
+    rank = node_meta(node).dim()
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         if i != 0:
@@ -184,7 +193,10 @@ def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int])
         offset = rank - len(ref.shape)
         return tuple((0, size) if d + offset in whole else box[d + offset] for d, size in enumerate(ref.shape))
 
-    return aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, tuple(whole)), region)
+    if not isinstance(node.meta["val"], (tuple, list)):
+        out = ctx.new_buffer(node, channels_last=False)
+        return aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, tuple(whole)), region)
+    return aten_tiles_per_output(node, ctx, lambda out: row_blocks(node, ctx, out.shape, tuple(whole)), region)
 
 
 @RULES.register(aten.index_select.default)
@@ -275,14 +287,7 @@ def lower_reduction(node, ctx):
     if node.target not in VALUES_AND_INDICES:
         out = ctx.new_buffer(node, channels_last=False)
         return aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region)
-    return tuple(aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region, result_index=index)
-                 for index, out in enumerate(_result_buffers(node)))
-
-
-def _result_buffers(node: fx.Node) -> list[TensorRef]:
-    """A buffer per output of an op returning several tensors (values and indices)."""
-    return [TensorRef.of(Buffer(f"{node.name}_{i}", tuple(val.shape), val.dtype, channels_last=False))
-            for i, val in enumerate(node.meta["val"])]
+    return aten_tiles_per_output(node, ctx, lambda out: split_dims(out.shape, out_kept, parts), region)
 
 
 @RULES.register(aten.topk.default, aten.sort.default, aten.sort.stable)
@@ -296,8 +301,7 @@ def lower_sorting(node, ctx):
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return tuple((0, ref.shape[d]) if d == dim else box[d] for d in range(len(ref.shape)))
 
-    return tuple(aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, (dim,)), region, result_index=index)
-                 for index, out in enumerate(_result_buffers(node)))
+    return aten_tiles_per_output(node, ctx, lambda out: row_blocks(node, ctx, out.shape, (dim,)), region)
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default)
