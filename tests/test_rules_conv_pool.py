@@ -209,6 +209,29 @@ def test_reflection_replication_padding_and_adaptive_pools(after_conv):
         assert report.tiles_per_op[op] >= 2, op
 
 
+def test_instance_norm_and_batch_norm_from_batch_statistics():
+    """Instance norm (2-d after a conv, with affine and a fused ReLU; 1-d) and batch norm
+    without running statistics: blocks of channels, each with its whole statistics extent."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.instance_norm = nn.InstanceNorm2d(8, affine=True)
+            self.instance_norm_1d = nn.InstanceNorm1d(5)
+            self.batch_stats_norm = nn.BatchNorm2d(8, track_running_stats=False)
+
+        def forward(self, x, seq):
+            y = self.conv(x)
+            return F.relu(self.instance_norm(y)), self.instance_norm_1d(seq), self.batch_stats_norm(y * 2)
+
+    model = Model().eval()
+    with torch.no_grad():
+        model.instance_norm.weight.uniform_(0.5, 2)
+        model.instance_norm.bias.uniform_(-1, 1)
+    report = assert_matches_eager(model, torch.randn(2, 3, 9, 7), torch.randn(3, 5, 11), options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten._native_batch_norm_legit.no_stats"] > 3
+
+
 def test_adaptive_avg_pool_to_one():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 11, 9))

@@ -1,5 +1,7 @@
 """Batch norm in eval: folded into the preceding convolution's weights, or a per-channel
-affine of its own. Group norm: whole images per tile, by ATen's kernel."""
+affine of its own. Group norm: whole images per tile, by ATen's kernel. Batch norm from
+the batch's own statistics (instance norm, batch norm without running statistics): blocks
+of channels, by ATen's kernel."""
 from __future__ import annotations
 
 import operator
@@ -94,4 +96,18 @@ def lower_group_norm(node: fx.Node, ctx: LoweringContext):
     boxes = row_blocks(node, ctx, shape, tuple(range(1, len(shape))))
     out = aten_tiles(node, ctx, out, boxes, region, operands={0: xref},
                      sizes_of=lambda box: {3: box[0][1] - box[0][0]})
+    return (out, None, None)
+
+
+@RULES.register(aten._native_batch_norm_legit.no_stats, check=check_normalized_output_only)
+def lower_batch_norm_from_batch_statistics(node: fx.Node, ctx: LoweringContext):
+    """A channel's statistics span the batch and all positions, so tiles are blocks of
+    channels (instance norm reshapes [N, C, ...] to [1, N x C, ...]: blocks of instances)."""
+    shape = tuple(node_meta(node).shape)
+    out = ctx.new_buffer(node, shape, channels_last=False)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return box if i == 0 else (box[1],)  # the input, or a per-channel weight or bias
+
+    out = aten_tiles(node, ctx, out, row_blocks(node, ctx, shape, (0, *range(2, len(shape)))), region)
     return (out, None, None)
