@@ -39,7 +39,7 @@ def _aten_call(call: AtenCall, out: torch.Tensor, views: "_Views") -> tuple:
     scrambles a view: those tiles call the functional op and copy."""
     op, args = call.op, views.arguments(call.args)
     out_op = _out_variant(op) if call.result_index == 0 and out.is_contiguous() \
-        and not any(suggest_memory_format(t) != torch.contiguous_format for t in _tensors_in(args)) else None
+        and all(suggest_memory_format(t) == torch.contiguous_format for t in _tensors_in(args)) else None
     if out_op is not None:
         op, args = out_op, args + [out]
     return (op._schema.name, op._schema.overload_name, args, call.result_index)

@@ -264,7 +264,9 @@ class LoweringContext:
             if is_foldable(node, lambda n: isinstance(self.values.get(n), torch.Tensor)):
                 self.values[node] = self._evaluate(node)
             elif _has_only_empty_outputs(node):
-                self.values[node] = _unwritten_value(node)
+                # Buffers, and no tiles, for outputs with no elements; readers of them get no edges.
+                refs = buffers_for_outputs(node)
+                self.values[node] = tuple(refs) if isinstance(node.meta["val"], (tuple, list)) else refs[0]
             elif node.target is operator.getitem:
                 self.absorb(node.args[0], node, self.value(node.args[0])[node.args[1]])
             else:
@@ -289,12 +291,15 @@ def _has_only_empty_outputs(node: fx.Node) -> bool:
     return bool(tensors) and len(tensors) == len(vals) and all(v.numel() == 0 for v in tensors)
 
 
-def _unwritten_value(node: fx.Node) -> Value:
-    """Buffers, and no tiles, for outputs with no elements; readers of them get no edges."""
+def buffers_for_outputs(node: fx.Node, channels_last: Optional[bool] = None) -> list[TensorRef]:
+    """A new buffer per tensor the node produces (one, or an op's values and indices);
+    4-d ones channels-last unless told otherwise, as LoweringContext.new_buffer does."""
     val = node.meta["val"]
-    refs = tuple(TensorRef.of(Buffer(f"{node.name}_{i}", tuple(v.shape), v.dtype, channels_last=v.dim() == 4))
-                 for i, v in enumerate(val if isinstance(val, (tuple, list)) else [val]))
-    return refs if isinstance(val, (tuple, list)) else refs[0]
+    vals = list(val) if isinstance(val, (tuple, list)) else [val]
+    names = [node.name] if len(vals) == 1 else [f"{node.name}_{i}" for i in range(len(vals))]
+    return [TensorRef.of(Buffer(name, tuple(v.shape), v.dtype,
+                                channels_last=v.dim() == 4 if channels_last is None else channels_last))
+            for name, v in zip(names, vals)]
 
 
 def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy,

@@ -41,10 +41,10 @@ class PackedWeights:
     """Packed weights shared by plans. Under dynamic shapes a plan is made per input
     shape: a BERT served at many sequence lengths would otherwise hold one packed copy of
     every linear per length (oneDNN's linear layout does not depend on the rows, so one
-    packing serves all). A packing is found by the source's
-    shape, the packing arguments and the source's sum, and taken only if it unpacks to
-    exactly the source, so a new weight at a freed one's address is never mistaken for
-    it; it lives as long as some plan holds it."""
+    packing serves all). A packing is found by the source's shape, the packing arguments
+    and the source's sum, and taken only if it unpacks to exactly the source, so a new
+    weight at a freed one's address is never mistaken for it; it lives as long as some
+    plan holds it."""
 
     def __init__(self) -> None:
         self._packed: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

@@ -13,10 +13,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from ..lower import LoweringContext, Value, node_meta
+from ..lower import LoweringContext, Value, buffers_for_outputs, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
 
@@ -76,13 +76,13 @@ def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Seque
     return out
 
 
-def aten_tiles_per_output(node: fx.Node, ctx: LoweringContext, boxes_of: Callable[[TensorRef], Sequence[Box]],
-                          arg_region: Callable[[int, TensorRef, Box], Box]) -> tuple:
-    """An op returning several tensors (values and indices): a buffer and a set of tiles
-    per output, each tile keeping its output's result of the op."""
-    outs = [TensorRef.of(Buffer(f"{node.name}_{i}", tuple(val.shape), val.dtype, channels_last=False))
-            for i, val in enumerate(node.meta["val"])]
-    return tuple(aten_tiles(node, ctx, out, boxes_of(out), arg_region, result_index=i) for i, out in enumerate(outs))
+def aten_tiles_for_outputs(node: fx.Node, ctx: LoweringContext, boxes_of: Callable[[TensorRef], Sequence[Box]],
+                           arg_region: Callable[[int, TensorRef, Box], Box]) -> Value:
+    """A dense buffer and aten-op tiles per output of the node; an op returning several
+    tensors (values and indices) gets a set of tiles per output, each keeping its result."""
+    outs = [aten_tiles(node, ctx, out, boxes_of(out), arg_region, result_index=i)
+            for i, out in enumerate(buffers_for_outputs(node, channels_last=False))]
+    return tuple(outs) if isinstance(node.meta["val"], (tuple, list)) else outs[0]
 
 
 def _parts(ctx: LoweringContext, node: fx.Node, cost: float, max_parts: int) -> int:
@@ -183,8 +183,8 @@ def lower_embedding(node, ctx):
 def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int]) -> Value:
     """Tiles over every output dim but `whole`. The first argument (whose dims are the
     output's last ones) is read at the tile's box, in full along `whole`; any other tensor
-    argument (an index) is read whole. An op with several outputs (adaptive max pooling's
-    values and indices) gets a set of tiles per output."""
+    argument (an index) is read whole. Adaptive max pooling's values and indices each get
+    their own tiles."""
     rank = node_meta(node).dim()
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
@@ -193,10 +193,7 @@ def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int])
         offset = rank - len(ref.shape)
         return tuple((0, size) if d + offset in whole else box[d + offset] for d, size in enumerate(ref.shape))
 
-    if not isinstance(node.meta["val"], (tuple, list)):
-        out = ctx.new_buffer(node, channels_last=False)
-        return aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, tuple(whole)), region)
-    return aten_tiles_per_output(node, ctx, lambda out: row_blocks(node, ctx, out.shape, tuple(whole)), region)
+    return aten_tiles_for_outputs(node, ctx, lambda out: row_blocks(node, ctx, out.shape, tuple(whole)), region)
 
 
 @RULES.register(aten.index_select.default)
@@ -257,17 +254,14 @@ def _check_reduction(node, is_frozen):
     return "reduction with dtype=" if node.kwargs.get("dtype") is not None else None
 
 
-REDUCTIONS = (aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
-              aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
-              aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default)
-# Reductions that return (values, indices); each is computed by its own set of tiles.
-VALUES_AND_INDICES = (aten.max.dim, aten.min.dim)
-
-
-@RULES.register(*REDUCTIONS, *VALUES_AND_INDICES, check=_check_reduction)
+@RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
+                aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
+                aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default,
+                aten.max.dim, aten.min.dim, check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
-    reduced dims (the schema's `dim`; none or an empty list is every dim)."""
+    reduced dims (the schema's `dim`; none or an empty list is every dim). max.dim and
+    min.dim compute their values and their indices by a set of tiles each."""
     x = ctx.ref(node.args[0])
     rank = len(x.shape)
     args = named_schema_args(node)
@@ -284,10 +278,7 @@ def lower_reduction(node, ctx):
         kept_ranges = iter(box[d] for d in out_kept)
         return tuple((0, ref.shape[d]) if d in dims else next(kept_ranges) for d in range(rank))
 
-    if node.target not in VALUES_AND_INDICES:
-        out = ctx.new_buffer(node, channels_last=False)
-        return aten_tiles(node, ctx, out, split_dims(out.shape, out_kept, parts), region)
-    return aten_tiles_per_output(node, ctx, lambda out: split_dims(out.shape, out_kept, parts), region)
+    return aten_tiles_for_outputs(node, ctx, lambda out: split_dims(out.shape, out_kept, parts), region)
 
 
 @RULES.register(aten.topk.default, aten.sort.default, aten.sort.stable)
@@ -301,7 +292,7 @@ def lower_sorting(node, ctx):
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return tuple((0, ref.shape[d]) if d == dim else box[d] for d in range(len(ref.shape)))
 
-    return aten_tiles_per_output(node, ctx, lambda out: row_blocks(node, ctx, out.shape, (dim,)), region)
+    return aten_tiles_for_outputs(node, ctx, lambda out: row_blocks(node, ctx, out.shape, (dim,)), region)
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default)
