@@ -101,10 +101,9 @@ def plan(graph: TileGraph) -> Plan:
     for tile in graph.tiles:
         tensors = [views.region(r) for r in tile.args]
         epilogue = [(int(s.op), -1 if s.operand is None else s.operand, s.a, s.b) for s in tile.epilogue]
-        entry = (int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})")
-        if tile.aten_call is not None:
-            entry += (_aten_call(tile.aten_call, tensors[0], views),)
-        tiles.append(entry)
+        call = _aten_call(tile.aten_call, tensors[0], views) if tile.aten_call is not None else None
+        tiles.append((int(tile.kind), tensors, list(tile.ints), epilogue, f"{tile.node_name} ({tile.op_label})", call,
+                      (tile.row_parts, tile.split_dims())))
     program = _C.make_program(tiles, sorted(set(graph.edges) | set(memory.extra_edges)))
     output_views = [apply_view_steps(views.buffer(ref.buffer), ref.steps) for ref in graph.output_refs]
     activation_bytes = sum(memory.slot_bytes) + sum(

@@ -96,6 +96,16 @@ def set_dse_pinning(enabled: bool) -> None:
     SHARED_RUNTIME.get().set_dse_cpus(dse_cpu_order() if enabled else [])
 
 
+def set_tile_sharing(mode: str) -> None:
+    """When a DSE runs a tile that has row parts (linear layers' row blocks) part by part,
+    so that idle DSEs can take parts of it: "when_preempted" (default: while the DSE loses
+    time to other threads on its core, where a whole tile would hold up every DSE that
+    waits for it), "always" or "never"."""
+    if mode not in ("when_preempted", "always", "never"):
+        raise ValueError(f"aspen: tile sharing is 'when_preempted', 'always' or 'never', got {mode!r}")
+    SHARED_RUNTIME.get().tile_sharing = mode
+
+
 def runtime_stats() -> dict:
     """{"num_dses": DSEs now, "tiles_per_dse": tiles each DSE ran since the runtime started,
     "dse_cpus": the CPUs DSE i is pinned to round-robin, [] when unpinned}."""

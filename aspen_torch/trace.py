@@ -15,6 +15,7 @@ from .runtime import SHARED_RUNTIME
 class TileEvent:
     program: int  # id of the compiled partition's program (one per tenant graph)
     tile: int
+    part: int  # -1: the whole tile; else the row part a DSE ran (csrc/open_tiles.h)
     node: str  # the aten graph node the tile computes
     op: str
     dse: int
@@ -48,7 +49,7 @@ class Trace:
         return {"displayTimeUnit": "ms", "traceEvents": [
             {"name": e.node, "cat": e.op, "ph": "X", "pid": 0, "tid": e.dse,
              "ts": (e.start_ns - origin) / 1e3, "dur": (e.end_ns - e.start_ns) / 1e3,
-             "args": {"tile": e.tile, "program": hex(e.program), "op": e.op}}
+             "args": {"tile": e.tile, "part": e.part, "program": hex(e.program), "op": e.op}}
             for e in self.events] + [
             {"name": "thread_name", "ph": "M", "pid": 0, "tid": d, "args": {"name": f"DSE {d}"}}
             for d in sorted({e.dse for e in self.events})]}
@@ -72,9 +73,9 @@ def trace(path: Optional[Union[str, Path]] = None) -> Iterator[Trace]:
     try:
         yield recorded
     finally:
-        for program, tile, label, dse, start, end in runtime.stop_trace():
+        for program, tile, part, label, dse, start, end in runtime.stop_trace():
             node, op = _parse_label(label)
-            recorded.events.append(TileEvent(program, tile, node, op, dse, start, end))
+            recorded.events.append(TileEvent(program, tile, part, node, op, dse, start, end))
         recorded.events.sort(key=lambda e: e.start_ns)
         if path is not None:
             recorded.write_chrome_trace(path)

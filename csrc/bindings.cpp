@@ -2,6 +2,7 @@
 #include "aten_call.h"
 #include "program.h"
 #include "runtime.h"
+#include "tile_parts.h"
 
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
@@ -31,9 +32,10 @@ c10::IValue to_ivalue(const pybind11::handle& arg, const c10::Argument& schema_a
   return wrapped;
 }
 
-// (kind, tensors, ints, epilogue, label[, (op name, overload name, args in schema order, result index)])
+// (kind, tensors, ints, epilogue, label[, aten call or None[, (parts, split dims)]]), where an
+// aten call is (op name, overload name, args in schema order, result index).
 TileSpec to_tile_spec(const pybind11::tuple& py) {
-  TORCH_CHECK(py.size() == 5 || py.size() == 6, "aspen: a tile is a tuple of 5 or 6 items, got ", py.size());
+  TORCH_CHECK(py.size() >= 5 && py.size() <= 7, "aspen: a tile is a tuple of 5 to 7 items, got ", py.size());
   const auto kind = py[0].cast<int32_t>();
   const auto tensors = py[1].cast<std::vector<std::optional<at::Tensor>>>();
   const auto ints = py[2].cast<std::vector<int64_t>>();
@@ -52,9 +54,16 @@ TileSpec to_tile_spec(const pybind11::tuple& py) {
   }
   TORCH_CHECK(spec.kind != TileKind::kPointwise || !spec.epilogue.empty(),
               "aspen: pointwise tile '", label, "' has no op");
-  TORCH_CHECK((spec.kind == TileKind::kAtenOp) == (py.size() == 6),
+  const bool has_call = py.size() >= 6 && !py[5].is_none();
+  TORCH_CHECK((spec.kind == TileKind::kAtenOp) == has_call,
               "aspen: tile '", label, "': an ATen call goes with, and only with, an aten-op tile");
-  if (py.size() == 6) {
+  if (py.size() == 7) {
+    const auto parts = py[6].cast<std::tuple<int32_t, std::vector<int32_t>>>();
+    spec.parts = std::get<0>(parts);
+    spec.split_dims = std::get<1>(parts);
+    check_tile_parts(spec);
+  }
+  if (has_call) {
     const auto call = py[5].cast<pybind11::tuple>();
     const auto name = call[0].cast<std::string>();
     const auto overload = call[1].cast<std::string>();
@@ -138,14 +147,25 @@ pybind11::bytes frozen_signature(const pybind11::list& args, const std::vector<i
   return pybind11::bytes(key);
 }
 
-std::vector<std::tuple<uintptr_t, int32_t, std::string, int32_t, int64_t, int64_t>> stop_trace(Runtime& runtime) {
+using TraceTuple = std::tuple<uintptr_t, int32_t, int32_t, std::string, int32_t, int64_t, int64_t>;
+
+std::vector<TraceTuple> stop_trace(Runtime& runtime) {
   std::vector<TraceEvent> events = runtime.stop_trace();
-  std::vector<std::tuple<uintptr_t, int32_t, std::string, int32_t, int64_t, int64_t>> out;
+  std::vector<TraceTuple> out;
   out.reserve(events.size());
   for (const auto& e : events)
-    out.emplace_back(reinterpret_cast<uintptr_t>(e.program.get()), e.tile, e.program->tile(e.tile).label, e.dse,
-                     e.start_ns, e.end_ns);
+    out.emplace_back(reinterpret_cast<uintptr_t>(e.program.get()), e.tile, e.part, e.program->tile(e.tile).label,
+                     e.dse, e.start_ns, e.end_ns);
   return out;
+}
+
+const char* const kSharingNames[] = {"when_preempted", "always", "never"};
+
+void set_tile_sharing(Runtime& runtime, const std::string& name) {
+  for (int i = 0; i < 3; ++i) {
+    if (name == kSharingNames[i]) return runtime.set_tile_sharing(static_cast<TileSharing>(i));
+  }
+  TORCH_CHECK(false, "aspen: tile sharing is 'when_preempted', 'always' or 'never', got '", name, "'");
 }
 
 }  // namespace
@@ -172,9 +192,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::arg("copy_in") = CopyPairs(), pybind11::arg("copy_out") = CopyPairs(),
            "Copies each (source, destination) of copy_in, runs one request of the program, waits for it "
            "and copies copy_out; raises the first tile error. The copies run on the calling thread alone.")
+      .def_property(
+          "tile_sharing", [](const Runtime& r) { return kSharingNames[static_cast<int>(r.tile_sharing())]; },
+          &set_tile_sharing,
+          "When a DSE runs a tile with row parts part by part, so idle DSEs can take parts: "
+          "'when_preempted' (default), 'always' or 'never'.")
       .def("start_trace", &Runtime::start_trace)
       .def("stop_trace", &stop_trace,
-           "Stops tracing; returns (program, tile, label, dse, start_ns, end_ns) per tile run meanwhile.");
+           "Stops tracing; returns (program, tile, part, label, dse, start_ns, end_ns) per tile or part "
+           "run meanwhile (part -1: the whole tile).");
   m.def("frozen_signature", &frozen_signature, pybind11::arg("args"), pybind11::arg("positions"),
         "Identity, version and storage of the tensors at `positions` of `args`, as a bytes key.");
   m.attr("MAX_DSES") = Runtime::kMaxDses;

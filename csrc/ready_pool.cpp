@@ -1,7 +1,5 @@
 #include "ready_pool.h"
 
-#include <thread>
-
 namespace aspen {
 
 ReadyPool::ReadyPool(int max_rows) : max_rows_(max_rows), rows_(new Row[max_rows]) {}
@@ -68,24 +66,19 @@ bool ReadyPool::try_pop(int row, ReadyTile* out) {
   return found;
 }
 
-bool ReadyPool::spin_for_work(int row, ReadyTile* out, std::chrono::microseconds budget,
-                              const std::atomic<bool>& stop) {
-  const auto deadline = std::chrono::steady_clock::now() + budget;
-  while (!stop.load(std::memory_order_relaxed)) {
-    if (try_pop(row, out)) return true;
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    // Yield rather than pause: a runnable thread on this core (the caller waiting for
-    // its result, another process) gets it at once.
-    std::this_thread::yield();
-  }
-  return false;
+void ReadyPool::signal_work() {
+  // seq_cst as in push: either this load sees a sleeper, or the sleeper's load of
+  // signals_ sees the increment.
+  signals_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_all();
 }
 
-void ReadyPool::wait_for_work(const std::atomic<bool>& stop) {
+void ReadyPool::wait_for_work(const std::atomic<bool>& stop, uint64_t seen_signals) {
   std::unique_lock<std::mutex> lock(sleep_mu_);
   sleepers_.fetch_add(1, std::memory_order_seq_cst);
   sleep_cv_.wait(lock, [&] {
-    return stop.load() || size_.load(std::memory_order_seq_cst) > 0;
+    return stop.load() || size_.load(std::memory_order_seq_cst) > 0 ||
+           signals_.load(std::memory_order_seq_cst) != seen_signals;
   });
   sleepers_.fetch_sub(1, std::memory_order_seq_cst);
 }

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -21,6 +20,7 @@ struct ReadyTile {
   Request* request;
   int32_t tile;
   bool urgent = false;  // from a high-priority request
+  int32_t part = -1;     // >= 0: only this row part of an open tile (open_tiles.h)
 };
 
 class ReadyPool {
@@ -35,16 +35,20 @@ class ReadyPool {
   bool has_urgent() const { return urgent_size_.load(std::memory_order_relaxed) > 0; }
   // Own row first, then the other rows; false when the pool looked empty.
   bool try_pop(int row, ReadyTile* out);
-  // Polls for an item for up to `budget`, yielding the core between polls; false when
-  // none came or `stop` is set.
-  bool spin_for_work(int row, ReadyTile* out, std::chrono::microseconds budget, const std::atomic<bool>& stop);
-  // Blocks until an item may be available or `stop` is set.
-  void wait_for_work(const std::atomic<bool>& stop);
+  // Work outside the pool (parts of open tiles) announces itself here, waking sleepers.
+  // A DSE reads signals() before it last looks for work and passes the value to
+  // wait_for_work, which then returns at once if work was announced since.
+  uint64_t signals() const { return signals_.load(std::memory_order_seq_cst); }
+  void signal_work();
+  // Blocks until an item may be in the pool, work was signalled after `seen_signals` was
+  // read, or `stop` is set.
+  void wait_for_work(const std::atomic<bool>& stop, uint64_t seen_signals);
   // Wakes every sleeping DSE (used when stop flags change).
   void wake_all();
   // Rows at or above this index are scanned by stealers even after their DSE left.
   void note_row_used(int row);
   int max_rows() const { return max_rows_; }
+  int rows_used() const { return rows_used_.load(std::memory_order_acquire); }
 
  private:
   struct alignas(64) Row {
@@ -62,6 +66,7 @@ class ReadyPool {
   std::atomic<int> rows_used_{0};
   std::atomic<int64_t> size_{0};
   std::atomic<int64_t> urgent_size_{0};
+  std::atomic<uint64_t> signals_{0};
   std::atomic<int> sleepers_{0};
   std::mutex sleep_mu_;
   std::condition_variable sleep_cv_;

@@ -27,6 +27,14 @@ class Request {
     return pending_deps_[child].fetch_sub(1, std::memory_order_acq_rel) == 1;
   }
 
+  // A tile run in row parts counts its unfinished parts in its dependency counter, which
+  // reached zero when the tile became ready and is not read again. The count is published
+  // to other DSEs by the open-tile slot's lock.
+  void begin_parts(int32_t tile, int32_t parts) { pending_deps_[tile].store(parts, std::memory_order_relaxed); }
+  // Returns true for the tile's last part; acq_rel as in release_dependency, so the DSE
+  // that finishes the tile sees every part's writes before it releases the children.
+  bool finish_part(int32_t tile) { return pending_deps_[tile].fetch_sub(1, std::memory_order_acq_rel) == 1; }
+
   // Called once per tile, executed or skipped; returns true for the last tile.
   bool finish_tile() { return tiles_left_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
 

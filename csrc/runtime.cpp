@@ -1,6 +1,7 @@
 #include "runtime.h"
 
 #include "cpu_affinity.h"
+#include "tile_parts.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/_softmax.h>
@@ -29,6 +30,7 @@ void pin_aten_to_one_thread() {
 
 Runtime::Runtime(int num_dses)
     : pool_(kMaxDses),
+      open_tiles_(kMaxDses),
       tiles_run_(new std::atomic<int64_t>[kMaxDses]),
       creator_cpus_(current_thread_cpus()),
       traces_(new TraceBuffer[kMaxDses]) {
@@ -154,29 +156,33 @@ std::vector<TraceEvent> Runtime::stop_trace() {
   return all;
 }
 
-ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
+void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec, PreemptionMeter* meter) {
+  Request* request = item.request;
+  if (request->failed()) return;
+  const bool tracing = tracing_.load(std::memory_order_relaxed);
+  const int64_t start = tracing ? now_ns() : 0;
+  if (meter != nullptr) meter->observe();
+  try {
+    run_tile(spec, index);
+    if (meter != nullptr) meter->observe();
+    if (tracing) {
+      TraceEvent event{request->program_ptr(), item.tile, item.part, index, start, now_ns()};
+      std::lock_guard<std::mutex> lock(traces_[index].mu);
+      traces_[index].events.push_back(std::move(event));
+    }
+  } catch (const c10::Error& e) {
+    request->fail("aspen: tile " + std::to_string(item.tile) + " (" + request->program().tile(item.tile).label +
+                  ") failed: " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    request->fail("aspen: tile " + std::to_string(item.tile) + " (" + request->program().tile(item.tile).label +
+                  ") failed: " + e.what());
+  }
+}
+
+ReadyTile Runtime::complete_tile(int index, const ReadyTile& item) {
   Request* request = item.request;
   const Program& program = request->program();
-  if (!request->failed()) {
-    const TileSpec& tile = program.tile(item.tile);
-    const bool tracing = tracing_.load(std::memory_order_relaxed);
-    const int64_t start = tracing ? now_ns() : 0;
-    try {
-      run_tile(tile, index);
-      tiles_run_[index].fetch_add(1, std::memory_order_relaxed);
-      if (tracing) {
-        TraceEvent event{request->program_ptr(), item.tile, index, start, now_ns()};
-        std::lock_guard<std::mutex> lock(traces_[index].mu);
-        traces_[index].events.push_back(std::move(event));
-      }
-    } catch (const c10::Error& e) {
-      request->fail("aspen: tile " + std::to_string(item.tile) + " (" + tile.label +
-                    ") failed: " + e.what_without_backtrace());
-    } catch (const std::exception& e) {
-      request->fail("aspen: tile " + std::to_string(item.tile) + " (" + tile.label +
-                    ") failed: " + e.what());
-    }
-  }
+  if (!request->failed()) tiles_run_[index].fetch_add(1, std::memory_order_relaxed);
   // Depth-first: keep one newly ready child for this DSE, publish the rest.
   ReadyTile next{nullptr, -1, false};
   for (const int32_t* c = program.children_begin(item.tile); c != program.children_end(item.tile); ++c) {
@@ -190,6 +196,43 @@ ReadyTile Runtime::execute_and_release(int index, ReadyTile item) {
   // Nothing touches `request` after its last tile finishes: the waiter may free it.
   if (request->finish_tile()) request->mark_done();
   return next;
+}
+
+ReadyTile Runtime::run_open_tile(int index, Dse* self, const ReadyTile& item) {
+  const TileSpec& tile = item.request->program().tile(item.tile);
+  item.request->begin_parts(item.tile, tile.parts);
+  open_tiles_.open(index, item, tile.parts);
+  pool_.signal_work();
+  ReadyTile next{nullptr, -1, false};
+  // Once a part of ours is finished, another DSE may finish the tile and the request may
+  // end, so each round touches the tile only while it holds an unfinished part.
+  for (int32_t part; (part = open_tiles_.claim_front(index)) >= 0;) {
+    ReadyTile piece = item;
+    piece.part = part;
+    run_kernel(index, piece, tile_part(tile, part), &self->meter);
+    if (item.request->finish_part(item.tile)) next = complete_tile(index, item);
+  }
+  return next;
+}
+
+ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
+  const TileSpec& tile = item.request->program().tile(item.tile);
+  if (item.part >= 0) {  // a part taken from another DSE's open tile
+    run_kernel(index, item, tile_part(tile, item.part), &self->meter);
+    if (!item.request->finish_part(item.tile)) return ReadyTile{nullptr, -1, false};
+    item.part = -1;
+    return complete_tile(index, item);
+  }
+  if (tile.parts > 1) {
+    const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
+    if (sharing == TileSharing::kAlways ||
+        (sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently())) {
+      return run_open_tile(index, self, item);
+    }
+  }
+  // Only tiles that could be opened are timed: the meter needs two clock reads.
+  run_kernel(index, item, tile, tile.parts > 1 ? &self->meter : nullptr);
+  return complete_tile(index, item);
 }
 
 // An idle DSE polls this long before it sleeps. On this project's VM a sleeping DSE took
@@ -212,13 +255,27 @@ void Runtime::dse_main(int index, Dse* self) {
       pool_.push(index, item);
       item = ReadyTile{nullptr, -1, false};
     }
-    if (item.request == nullptr && !pool_.try_pop(index, &item) &&
-        !pool_.spin_for_work(index, &item, kSpinBeforeSleep, self->stop)) {
-      pool_.wait_for_work(self->stop);
-      continue;
-    }
-    item = execute_and_release(index, item);
+    if (item.request == nullptr && !find_work(index, self, &item)) continue;
+    item = execute_and_release(index, self, item);
   }
+}
+
+bool Runtime::find_work(int index, Dse* self, ReadyTile* out) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+  for (bool first = true; !self->stop.load(std::memory_order_relaxed); first = false) {
+    const uint64_t signals = pool_.signals();
+    // Whole tiles first: a part of an open tile is the smaller, costlier piece of work.
+    if (pool_.try_pop(index, out) || open_tiles_.claim_back(index, pool_.rows_used(), out)) return true;
+    if (first) self->meter.forget();
+    if (std::chrono::steady_clock::now() >= deadline) {
+      pool_.wait_for_work(self->stop, signals);
+      return false;
+    }
+    // Yield rather than pause: a runnable thread on this core (the caller waiting for
+    // its result, another process) gets it at once.
+    std::this_thread::yield();
+  }
+  return false;
 }
 
 }  // namespace aspen

@@ -3,6 +3,8 @@
 // while requests are in flight.
 #pragma once
 
+#include "open_tiles.h"
+#include "preemption_meter.h"
 #include "ready_pool.h"
 #include "request.h"
 
@@ -18,9 +20,17 @@ namespace aspen {
 struct TraceEvent {
   std::shared_ptr<const Program> program;
   int32_t tile;
+  int32_t part;  // -1: the whole tile
   int32_t dse;
   int64_t start_ns;  // steady clock
   int64_t end_ns;
+};
+
+// When a DSE runs a tile that has row parts part by part, letting idle DSEs take parts.
+enum class TileSharing : int32_t {
+  kWhenPreempted = 0,  // while the DSE loses time to other threads on its core (the default)
+  kAlways = 1,
+  kNever = 2,
 };
 
 class Runtime {
@@ -47,6 +57,9 @@ class Runtime {
 
   std::vector<int64_t> tiles_per_dse() const;
 
+  void set_tile_sharing(TileSharing sharing) { sharing_.store(sharing, std::memory_order_relaxed); }
+  TileSharing tile_sharing() const { return sharing_.load(std::memory_order_relaxed); }
+
   // Tracing costs one relaxed load per tile while off.
   void start_trace();
   std::vector<TraceEvent> stop_trace();
@@ -60,15 +73,28 @@ class Runtime {
   struct Dse {
     std::thread thread;
     std::atomic<bool> stop{false};
+    PreemptionMeter meter;  // only this DSE's thread uses it
   };
 
   void dse_main(int index, Dse* self);
+  // Polls the pool and the open tiles for a while, then sleeps; false when nothing came.
+  bool find_work(int index, Dse* self, ReadyTile* out);
   // Applies dse_cpus_ to DSE `index`; false if the OS refused. The caller holds resize_mu_.
   bool apply_cpus(int index);
-  // Runs one tile and releases its children; returns a child to run next, or nullptr request.
-  ReadyTile execute_and_release(int index, ReadyTile item);
+  // Runs one tile, or one part of an open tile, and releases the children of the tile it
+  // finished; returns a child to run next, or nullptr request.
+  ReadyTile execute_and_release(int index, Dse* self, ReadyTile item);
+  // Runs the tile's parts from the front while idle DSEs take them from the back.
+  ReadyTile run_open_tile(int index, Dse* self, const ReadyTile& item);
+  // Runs `spec` (the tile or one of its parts) unless the request failed, between two
+  // samples of `meter` if given. Any error fails the request.
+  void run_kernel(int index, const ReadyTile& item, const TileSpec& spec, PreemptionMeter* meter);
+  // Releases the finished tile's children and counts it done.
+  ReadyTile complete_tile(int index, const ReadyTile& item);
 
   ReadyPool pool_;
+  OpenTiles open_tiles_;
+  std::atomic<TileSharing> sharing_{TileSharing::kWhenPreempted};
   std::unique_ptr<std::atomic<int64_t>[]> tiles_run_;
   mutable std::mutex resize_mu_;
   std::vector<std::unique_ptr<Dse>> dses_;  // guarded by resize_mu_

@@ -82,6 +82,10 @@ struct TileSpec {
   std::vector<PointwiseStep> epilogue;
   std::string label;  // "node (aten op)" this tile computes, for errors and traces
   std::shared_ptr<const AtenCall> aten_call;  // kAtenOp only
+  // Row parts (tile_parts.h): with parts > 1, part p narrows tensors[i] along split_dims[i]
+  // (-1: the whole tensor) to the p-th of `parts` near-equal ranges of tensors[0]'s split dim.
+  int32_t parts = 1;
+  std::vector<int32_t> split_dims;
 };
 
 // Runs one tile on the calling thread. Throws (c10::Error / std::exception) on failure.

@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from helpers import assert_matches_eager
+
+import aspen_torch
 
 
 @pytest.mark.parametrize("batch,fin,fout,bias", [(1, 2048, 1000, True), (5, 33, 17, True), (64, 128, 96, False),
@@ -30,6 +33,34 @@ def test_linear_activation_epilogue_keeps_nan(activation):
     x[2, 5] = float("nan")
     report = assert_matches_eager(model, x, options={"min_tile_flops": 1e3})
     assert set(report.tiles_per_op) == {"aten.addmm.default"}, "the activation runs inside the linear tiles"
+
+
+class _ResidualMlp(nn.Module):
+    def __init__(self, frozen_weights: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(96, 192), nn.Linear(192, 96)
+        self.frozen_weights = frozen_weights
+
+    def forward(self, x):
+        # A weight computed from the input is not prepacked: its tiles are plain addmm ones.
+        w2 = self.fc2.weight if self.frozen_weights else self.fc2.weight * x.mean()
+        return x + F.linear(F.gelu(self.fc1(x)), w2, self.fc2.bias)
+
+
+@pytest.mark.parametrize("frozen_weights", [True, False])
+def test_linear_row_parts_match_eager(frozen_weights):
+    """Linear tiles run part by part, as a preempted DSE runs them while idle DSEs take
+    parts, with the activation and the residual add fused: the values of eager."""
+    x = torch.randn(2, 70, 96)
+    x[1, 3, 5] = float("nan")
+    aspen_torch.set_tile_sharing("always")
+    try:
+        with aspen_torch.trace() as recorded:
+            assert_matches_eager(_ResidualMlp(frozen_weights).eval(), x, options={"min_tile_flops": 1e5})
+    finally:
+        aspen_torch.set_tile_sharing("when_preempted")
+    linear_events = [e for e in recorded.events if e.op == "aten.addmm.default"]
+    assert linear_events and all(e.part >= 0 for e in linear_events)
 
 
 def test_mm_of_two_activations():

@@ -254,10 +254,20 @@ class Tile:
     op_label: str  # aten op of the node this tile computes
     node_name: str
     aten_call: Optional[AtenCall] = None
+    # Row parts that idle DSEs may take from a preempted DSE (csrc/tile_parts.h): parts cut
+    # the output's dim 0, and with it dim 0 of the inputs listed in `row_inputs` and of every
+    # epilogue operand (those meet the output element for element).
+    row_parts: int = 1
+    row_inputs: tuple[int, ...] = ()
 
     @property
     def args(self) -> list[Optional[Region]]:
         return [self.out, *self.inputs]
+
+    def split_dims(self) -> list[int]:
+        """Per arg, the dim that row parts cut (-1: read whole)."""
+        split = {0, *(1 + i for i in self.row_inputs), *(s.operand for s in self.epilogue if s.operand is not None)}
+        return [0 if i in split else -1 for i in range(len(self.args))]
 
 
 @dataclasses.dataclass

@@ -1,0 +1,52 @@
+// Whether a DSE is sharing its core with another thread: wall time against the DSE
+// thread's CPU time while it had work. A DSE preempted recently opens its tiles to helpers.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+
+namespace aspen {
+
+class PreemptionMeter {
+ public:
+  // Samples the clocks (the thread's CPU clock costs a system call, ~0.5 us here, so only
+  // tiles that could be opened are bracketed); the time since the last sample counts if
+  // the DSE had work throughout.
+  void observe() {
+    const int64_t wall = clock_ns(CLOCK_MONOTONIC), cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    if (has_last_ && (wall - last_wall_ns_) - (cpu - last_cpu_ns_) > kLostNs) last_preempted_ns_ = wall;
+    last_wall_ns_ = wall;
+    last_cpu_ns_ = cpu;
+    has_last_ = true;
+  }
+
+  // The DSE ran out of work: an idle DSE yields its core on purpose, so the time until the
+  // next sample does not count.
+  void forget() { has_last_ = false; }
+
+  bool preempted_recently() const {
+    return last_preempted_ns_ >= 0 && clock_ns(CLOCK_MONOTONIC) - last_preempted_ns_ < kRememberNs;
+  }
+
+ private:
+  static int64_t clock_ns(clockid_t clock) {
+    timespec t{};
+    clock_gettime(clock, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+  }
+
+  // Interrupts and page faults cost microseconds; another thread's time slice costs
+  // milliseconds.
+  static constexpr int64_t kLostNs = 200'000;
+  // A competing process takes the core for a slice of a few ms every few ms, so one lost
+  // slice says the next tiles will likely lose one too.
+  static constexpr int64_t kRememberNs = 50'000'000;
+
+  // Only its DSE's thread touches these.
+  bool has_last_ = false;
+  int64_t last_wall_ns_ = 0;
+  int64_t last_cpu_ns_ = 0;
+  int64_t last_preempted_ns_ = -1;
+};
+
+}  // namespace aspen
