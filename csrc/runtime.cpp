@@ -226,7 +226,7 @@ ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
   if (tile.parts > 1) {
     const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
     if (sharing == TileSharing::kAlways ||
-        (sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently())) {
+        (sharing == TileSharing::kWhenPreempted && pool_.looks_empty() && self->meter.preempted_recently())) {
       return run_open_tile(index, self, item);
     }
   }
