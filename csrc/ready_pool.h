@@ -45,7 +45,7 @@ class ReadyPool {
   // Blocks until an item may be in the pool, work was signalled after `seen_signals` was
   // read, or `stop` is set.
   void wait_for_work(const std::atomic<bool>& stop, uint64_t seen_signals);
-  // Wakes every sleeping DSE (used when stop flags change).
+  // Wakes every sleeping DSE (when stop flags change or work is signalled).
   void wake_all();
   // Rows at or above this index are scanned by stealers even after their DSE left.
   void note_row_used(int row);
