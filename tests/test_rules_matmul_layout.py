@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.runtime import SHARED_RUNTIME
 
 
 @pytest.mark.parametrize("batch,fin,fout,bias", [(1, 2048, 1000, True), (5, 33, 17, True), (64, 128, 96, False),
@@ -53,12 +54,13 @@ def test_linear_row_parts_match_eager(frozen_weights):
     parts, with the activation and the residual add fused: the values of eager."""
     x = torch.randn(2, 70, 96)
     x[1, 3, 5] = float("nan")
+    previous = SHARED_RUNTIME.get().tile_sharing
     aspen_torch.set_tile_sharing("always")
     try:
         with aspen_torch.trace() as recorded:
             assert_matches_eager(_ResidualMlp(frozen_weights).eval(), x, options={"min_tile_flops": 1e5})
     finally:
-        aspen_torch.set_tile_sharing("when_preempted")
+        aspen_torch.set_tile_sharing(previous)
     linear_events = [e for e in recorded.events if e.op == "aten.addmm.default"]
     assert linear_events and all(e.part >= 0 for e in linear_events)
 
