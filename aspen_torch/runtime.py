@@ -72,8 +72,11 @@ class SharedRuntime:
     def stats(self) -> dict:
         with self._lock:
             if self._runtime is None:
-                return {"num_dses": 0, "tiles_per_dse": [], "dse_cpus": []}
-            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": list(self._runtime.tiles_per_dse()),
+                return {"num_dses": 0, "tiles_per_dse": [], "tiles_opened_per_dse": [], "parts_taken_per_dse": [],
+                        "dse_cpus": []}
+            run, opened, taken = zip(*self._runtime.dse_counts()) if self._runtime.num_dses else ((), (), ())
+            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": list(run),
+                    "tiles_opened_per_dse": list(opened), "parts_taken_per_dse": list(taken),
                     "dse_cpus": list(self._runtime.dse_cpus)}
 
 
@@ -108,5 +111,7 @@ def set_tile_sharing(mode: str) -> None:
 
 def runtime_stats() -> dict:
     """{"num_dses": DSEs now, "tiles_per_dse": tiles each DSE ran since the runtime started,
+    "tiles_opened_per_dse": tiles each ran in parts while preempted (set_tile_sharing),
+    "parts_taken_per_dse": parts each took from other DSEs' open tiles,
     "dse_cpus": the CPUs DSE i is pinned to round-robin, [] when unpinned}."""
     return SHARED_RUNTIME.stats()

@@ -187,7 +187,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_dse_cpus", &Runtime::set_dse_cpus, pybind11::arg("cpus"),
            pybind11::call_guard<pybind11::gil_scoped_release>(), "Pins DSE i to cpus[i % len(cpus)]; [] unpins.")
       .def_property_readonly("dse_cpus", &Runtime::dse_cpus)
-      .def("tiles_per_dse", &Runtime::tiles_per_dse)
+      .def(
+          "dse_counts",
+          [](const Runtime& r) {
+            std::vector<std::tuple<int64_t, int64_t, int64_t>> out;
+            for (const auto& c : r.dse_counts()) out.emplace_back(c.tiles_run, c.tiles_opened, c.parts_taken);
+            return out;
+          },
+          "Per DSE since the runtime started: (tiles finished, tiles opened to helpers, parts taken from "
+          "other DSEs' open tiles).")
       .def("run", &run_program, pybind11::arg("program"), pybind11::arg("urgent") = false,
            pybind11::arg("copy_in") = CopyPairs(), pybind11::arg("copy_out") = CopyPairs(),
            "Copies each (source, destination) of copy_in, runs one request of the program, waits for it "

@@ -31,10 +31,9 @@ void pin_aten_to_one_thread() {
 Runtime::Runtime(int num_dses)
     : pool_(kMaxDses),
       open_tiles_(kMaxDses),
-      tiles_run_(new std::atomic<int64_t>[kMaxDses]),
+      counts_(new Counters[kMaxDses]),
       creator_cpus_(current_thread_cpus()),
       traces_(new TraceBuffer[kMaxDses]) {
-  for (int i = 0; i < kMaxDses; ++i) tiles_run_[i].store(0);
   set_num_dses(num_dses);
 }
 
@@ -122,10 +121,14 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program,
   return request;
 }
 
-std::vector<int64_t> Runtime::tiles_per_dse() const {
+std::vector<Runtime::DseCounts> Runtime::dse_counts() const {
   const int n = num_dses();
-  std::vector<int64_t> counts(n);
-  for (int i = 0; i < n; ++i) counts[i] = tiles_run_[i].load(std::memory_order_relaxed);
+  std::vector<DseCounts> counts(n);
+  for (int i = 0; i < n; ++i) {
+    counts[i] = {counts_[i].tiles_run.load(std::memory_order_relaxed),
+                 counts_[i].tiles_opened.load(std::memory_order_relaxed),
+                 counts_[i].parts_taken.load(std::memory_order_relaxed)};
+  }
   return counts;
 }
 
@@ -182,7 +185,7 @@ void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec,
 ReadyTile Runtime::complete_tile(int index, const ReadyTile& item) {
   Request* request = item.request;
   const Program& program = request->program();
-  if (!request->failed()) tiles_run_[index].fetch_add(1, std::memory_order_relaxed);
+  if (!request->failed()) counts_[index].tiles_run.fetch_add(1, std::memory_order_relaxed);
   // Depth-first: keep one newly ready child for this DSE, publish the rest.
   ReadyTile next{nullptr, -1, false};
   for (const int32_t* c = program.children_begin(item.tile); c != program.children_end(item.tile); ++c) {
@@ -203,6 +206,7 @@ ReadyTile Runtime::run_open_tile(int index, Dse* self, const ReadyTile& item) {
   item.request->begin_parts(item.tile, tile.parts);
   open_tiles_.open(index, item, tile.parts);
   pool_.signal_work();
+  counts_[index].tiles_opened.fetch_add(1, std::memory_order_relaxed);
   ReadyTile next{nullptr, -1, false};
   // Once a part of ours is finished, another DSE may finish the tile and the request may
   // end, so each round touches the tile only while it holds an unfinished part.
@@ -218,6 +222,7 @@ ReadyTile Runtime::run_open_tile(int index, Dse* self, const ReadyTile& item) {
 ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
   const TileSpec& tile = item.request->program().tile(item.tile);
   if (item.part >= 0) {  // a part taken from another DSE's open tile
+    counts_[index].parts_taken.fetch_add(1, std::memory_order_relaxed);
     run_kernel(index, item, tile_part(tile, item.part), &self->meter);
     if (!item.request->finish_part(item.tile)) return ReadyTile{nullptr, -1, false};
     item.part = -1;

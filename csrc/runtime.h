@@ -55,7 +55,13 @@ class Runtime {
   // Tiles of an urgent request are taken before any other ready tile.
   std::shared_ptr<Request> submit(std::shared_ptr<const Program> program, bool urgent = false);
 
-  std::vector<int64_t> tiles_per_dse() const;
+  // What each DSE did since the runtime started.
+  struct DseCounts {
+    int64_t tiles_run;     // tiles it finished (the last part, for a tile run in parts)
+    int64_t tiles_opened;  // tiles it ran in parts while letting others take some
+    int64_t parts_taken;   // parts it took from other DSEs' open tiles
+  };
+  std::vector<DseCounts> dse_counts() const;
 
   void set_tile_sharing(TileSharing sharing) { sharing_.store(sharing, std::memory_order_relaxed); }
   TileSharing tile_sharing() const { return sharing_.load(std::memory_order_relaxed); }
@@ -68,6 +74,12 @@ class Runtime {
   struct alignas(64) TraceBuffer {
     std::mutex mu;  // uncontended: only its DSE appends; stop_trace drains
     std::vector<TraceEvent> events;
+  };
+
+  struct alignas(64) Counters {  // one cache line per DSE: each DSE bumps its own
+    std::atomic<int64_t> tiles_run{0};
+    std::atomic<int64_t> tiles_opened{0};
+    std::atomic<int64_t> parts_taken{0};
   };
 
   struct Dse {
@@ -95,7 +107,7 @@ class Runtime {
   ReadyPool pool_;
   OpenTiles open_tiles_;
   std::atomic<TileSharing> sharing_{TileSharing::kWhenPreempted};
-  std::unique_ptr<std::atomic<int64_t>[]> tiles_run_;
+  std::unique_ptr<Counters[]> counts_;
   mutable std::mutex resize_mu_;
   std::vector<std::unique_ptr<Dse>> dses_;  // guarded by resize_mu_
   std::vector<int> dse_cpus_;               // guarded by resize_mu_

@@ -128,7 +128,8 @@ def test_runtime_stats_and_set_num_dses():
     with torch.no_grad():
         compile_strict(model, num_dses=2)(torch.randn(4, 3, 32, 32))
     stats = aspen_torch.runtime_stats()
-    assert stats["num_dses"] == 2 and len(stats["tiles_per_dse"]) == 2
+    assert stats["num_dses"] == 2
+    assert len(stats["tiles_per_dse"]) == len(stats["tiles_opened_per_dse"]) == len(stats["parts_taken_per_dse"]) == 2
     aspen_torch.set_num_dses(3)
     assert aspen_torch.runtime_stats()["num_dses"] == 3
     with pytest.raises(ValueError):

@@ -55,6 +55,7 @@ def test_linear_row_parts_match_eager(frozen_weights):
     x = torch.randn(2, 70, 96)
     x[1, 3, 5] = float("nan")
     previous = SHARED_RUNTIME.get().tile_sharing
+    opened_before = sum(aspen_torch.runtime_stats()["tiles_opened_per_dse"])
     aspen_torch.set_tile_sharing("always")
     try:
         with aspen_torch.trace() as recorded:
@@ -63,6 +64,7 @@ def test_linear_row_parts_match_eager(frozen_weights):
         aspen_torch.set_tile_sharing(previous)
     linear_events = [e for e in recorded.events if e.op == "aten.addmm.default"]
     assert linear_events and all(e.part >= 0 for e in linear_events)
+    assert sum(aspen_torch.runtime_stats()["tiles_opened_per_dse"]) > opened_before
 
 
 def test_mm_of_two_activations():

@@ -89,15 +89,19 @@ def test_idle_dses_take_parts_of_an_open_tile():
     src = torch.randn(8, 1 << 18)
     out = torch.empty_like(src)
     program = _C.make_program([(COPY, [out, src], [], [], "copy", None, (8, [0, 0]))], [])
-    for _ in range(20):
+    for calls in range(1, 21):
         runtime.start_trace()
         runtime.run(program)
         events = runtime.stop_trace()
         assert torch.equal(out, src)
         assert sorted(part for _, _, part, *_ in events) == list(range(8))
         if len({dse for *_, dse, _, _ in events}) == 2:
-            return
-    pytest.fail("no second DSE ever took a part of the open tile")
+            break
+    else:
+        pytest.fail("no second DSE ever took a part of the open tile")
+    counts = runtime.dse_counts()
+    assert sum(run for run, _, _ in counts) == calls and sum(opened for _, opened, _ in counts) == calls
+    assert sum(taken for _, _, taken in counts) > 0
 
 
 def test_a_failing_part_fails_that_request_only():
