@@ -7,6 +7,7 @@ import torch
 
 from .apu.tile_graph import TileGraph
 from .errors import AspenInputError
+from .output_layout import OutputLayout
 from .plan import Plan, plan
 from .requests import current_request_is_urgent
 from .runtime import SHARED_RUNTIME
@@ -21,11 +22,7 @@ class CompiledPartition(torch.nn.Module):
         self._single_output = single_output
         self._tile_graph = tile_graph
         self._input_specs = [(tuple(m.shape), m.dtype, m.device) for m in tile_graph.input_meta]
-        self._output_specs = [(tuple(m.shape), tuple(m.stride()), m.dtype) for m in tile_graph.output_meta]
-        # An output eager returns broadcast (stride 0, an expanded buffer) is constant along
-        # those dims: only their first index is copied, as copying into overlapping memory is an error.
-        self._broadcast_dims = [[d for d, (size, stride) in enumerate(zip(shape, strides)) if stride == 0 and size > 1]
-                                for shape, strides, _ in self._output_specs]
+        self._output_layout = OutputLayout(tile_graph)
         # A call holds a plan (its activation buffers) alone; concurrent calls get plans of
         # their own, planned on first need and kept for reuse. Weights are shared by all.
         self._free_plans: list[Plan] = [first_plan]
@@ -61,18 +58,11 @@ class CompiledPartition(torch.nn.Module):
         runtime = SHARED_RUNTIME.get()
         taken = self._take_plan()
         try:
-            # Fresh outputs with eager's strides: the buffers are reused by the next call.
-            outputs = tuple(torch.empty_strided(shape, stride, dtype=dtype) for shape, stride, dtype in self._output_specs)
-            copy_out = [(_first_along(view, dims), _first_along(out, dims))
-                        for view, out, dims in zip(taken.output_views, outputs, self._broadcast_dims)]
+            outputs, to_fill = self._output_layout.make(args)
+            copy_out = self._output_layout.copies(taken.output_views, outputs, to_fill)
             runtime.run(taken.program, current_request_is_urgent(), copy_in=list(zip(args, taken.input_buffers)),
                         copy_out=copy_out)
         finally:
             self._give_back(taken)
-        return outputs[0] if self._single_output else outputs
+        return outputs[0] if self._single_output else tuple(outputs)
 
-
-def _first_along(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    for d in dims:
-        tensor = tensor.narrow(d, 0, 1)
-    return tensor

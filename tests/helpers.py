@@ -1,10 +1,11 @@
 """The one helper that compares an aspen-compiled model with eager."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch._dynamo
+import torch.utils._pytree as pytree
 
 import aspen_torch
 
@@ -29,6 +30,23 @@ def assert_matches_eager(model: torch.nn.Module, *inputs: Any, rtol: float = RTO
         for _ in range(calls):
             actual = compiled(*inputs)
             torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+            assert_same_layout(actual, expected, inputs)
     assert report.num_tiles > 0, "aspen ran no tile"
     assert not report.fallback_ops
     return report
+
+
+def assert_same_layout(actual: Any, expected: Any, inputs: Sequence[Any]) -> None:
+    """Outputs have eager's strides, and share storage (with each other or an input) where
+    eager's do, so writing through one output changes the same others as in eager."""
+    actual, expected = pytree.tree_leaves(actual), pytree.tree_leaves(expected)
+    assert [t.stride() for t in actual] == [t.stride() for t in expected]
+    owners = [t for t in inputs if isinstance(t, torch.Tensor)]
+
+    def sharing(outputs: list[torch.Tensor], owners: list[torch.Tensor]) -> list[Optional[tuple]]:
+        """Per output: which tensor first holds its storage, and its offset there, if shared."""
+        ptrs = [t.untyped_storage().data_ptr() if t.numel() else None for t in owners + outputs]
+        return [(ptrs.index(p), t.storage_offset()) if p is not None and ptrs.count(p) > 1 else None
+                for p, t in zip(ptrs[len(owners):], outputs)]
+
+    assert sharing(actual, owners) == sharing(expected, owners), "outputs alias differently from eager"

@@ -1,15 +1,19 @@
-"""Execution: inputs the graph was not compiled for recompile or raise clearly; runtime stats."""
+"""Execution: inputs the graph was not compiled for recompile or raise clearly; outputs alias
+as eager's do; runtime stats."""
 from __future__ import annotations
+
+import types
 
 import pytest
 import torch
 import torch.nn as nn
-from helpers import assert_matches_eager, compile_strict
+from helpers import assert_matches_eager, assert_same_layout, compile_strict
 
 import aspen_torch
 from aspen_torch import AspenInputError
 from aspen_torch.execute import CompiledPartition
 from aspen_torch.models import resnet18
+from aspen_torch.output_layout import OutputLayout
 
 
 def small_model():
@@ -204,3 +208,56 @@ def test_output_broadcast_from_a_buffer():
             return x * 2, self.token_types.expand(x.shape[0], 7), (x.sum(0) + 1).expand(3, 7)
 
     assert_matches_eager(Model(), torch.randn(4, 7))
+
+
+class _ViewsOfOneIntermediate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))  # channels-last in aspen: flatten(1) is a copy there
+        z = y.mean((2, 3)) + 1
+        return y, y.flatten(1), y[:, 2:5], z, z.t(), z[1], y.permute(0, 2, 3, 1)
+
+
+def test_outputs_viewing_one_intermediate_share_its_storage():
+    """Eager returns views of one tensor sharing its storage: a write through one shows in
+    the others. aspen's outputs do the same (the helper checks storages, offsets, strides),
+    also where its own layout turned a view into a copy."""
+    model, x = _ViewsOfOneIntermediate().eval(), torch.randn(2, 3, 6, 5)
+    assert_matches_eager(model, x)
+    with torch.no_grad():
+        outputs = compile_strict(model)(x)
+        outputs[0][1, 3].fill_(7.0)
+        outputs[4][0, 1] = -1.0
+    assert torch.equal(outputs[1][1, 3 * 30:4 * 30], torch.full((30,), 7.0))
+    assert torch.equal(outputs[2][1, 1], torch.full((6, 5), 7.0))
+    assert outputs[3][1, 0] == -1.0 and outputs[5][0] == -1.0
+
+
+def test_output_that_is_a_view_of_a_partition_input_is_that_view():
+    """An op without a rule (a dtype view) splits the graph; the second partition's output
+    is a view of its input, and returns it, not a copy, so it aliases the first's output."""
+    def model(x):
+        y = torch.relu(x) + 1
+        return y, y.view(torch.int32), y[:, 1:3]
+
+    x = torch.randn(4, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        actual, expected = torch.compile(model, backend="aspen")(x), model(x)
+    torch.testing.assert_close(actual, expected)
+    assert_same_layout(actual, expected, [x])
+
+
+def test_output_layout_views_an_input_only_with_its_traced_strides():
+    traced_input = torch.randn(4, 8)
+    graph = types.SimpleNamespace(input_meta=[traced_input], output_meta=[traced_input[:, 1:3], traced_input * 2])
+    layout = OutputLayout(graph)
+    x = torch.randn(4, 8)
+    outputs, to_fill = layout.make([x])
+    assert outputs[0].data_ptr() == x[:, 1:3].data_ptr() and outputs[0].stride() == (8, 1) and to_fill == [1]
+    transposed = torch.randn(8, 4).t()  # same shape, other strides: the output is copied instead
+    outputs, to_fill = layout.make([transposed])
+    assert outputs[0].untyped_storage().data_ptr() != transposed.untyped_storage().data_ptr() and to_fill == [0, 1]

@@ -82,19 +82,21 @@ def test_parts_run_while_dses_come_and_go_and_requests_overlap():
 
 
 def test_idle_dses_take_parts_of_an_open_tile():
-    # One long tile (8 parts of ~1 ms copies): the DSE that holds it opens it, and the idle
-    # DSE (polling, or asleep and woken by the opening) takes parts from the back.
+    # One long tile (64 parts, each a 1 MiB copy): the DSE that holds it opens it, and the
+    # idle DSE (polling, or asleep and woken by the opening) takes parts from the back. Long
+    # and repeated enough that the OS runs the second DSE during some call even when other
+    # processes load both cores (8 parts in 20 calls missed once so).
     runtime = _C.Runtime(2)
     runtime.tile_sharing = "always"
-    src = torch.randn(8, 1 << 18)
+    src = torch.randn(64, 1 << 18)
     out = torch.empty_like(src)
-    program = _C.make_program([(COPY, [out, src], [], [], "copy", None, (8, [0, 0]))], [])
-    for calls in range(1, 21):
+    program = _C.make_program([(COPY, [out, src], [], [], "copy", None, (64, [0, 0]))], [])
+    for calls in range(1, 51):
         runtime.start_trace()
         runtime.run(program)
         events = runtime.stop_trace()
         assert torch.equal(out, src)
-        assert sorted(part for _, _, part, *_ in events) == list(range(8))
+        assert sorted(part for _, _, part, *_ in events) == list(range(64))
         if len({dse for *_, dse, _, _ in events}) == 2:
             break
     else:
