@@ -209,6 +209,23 @@ def test_reflection_replication_padding_and_adaptive_pools(after_conv):
         assert report.tiles_per_op[op] >= 2, op
 
 
+def test_circular_padding():
+    """Circular padding reaches aspen as writes into slices of a new tensor (functional
+    copy and slice_scatter), 1-d, 2-d (after a channels-last conv) and 3-d."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
+
+        def forward(self, x, seq, vol):
+            return self.conv(x).relu(), F.pad(x, (2, 1, 1, 3), mode="circular"), F.pad(seq, (3, 2), mode="circular"), \
+                F.pad(vol, (1, 1, 2, 0, 1, 1), mode="circular")
+
+    report = assert_matches_eager(Model().eval(), torch.randn(2, 4, 8, 10), torch.randn(2, 3, 9),
+                                  torch.randn(1, 2, 3, 4, 5), options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.slice_scatter.default"] >= 2 and report.tiles_per_op["aten.copy.default"] >= 2
+
+
 def test_instance_norm_and_batch_norm_from_batch_statistics():
     """Instance norm (2-d after a conv, with affine and a fused ReLU; 1-d) and batch norm
     without running statistics: blocks of channels, each with its whole statistics extent."""

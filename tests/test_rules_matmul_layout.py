@@ -161,6 +161,22 @@ def test_constant_pad_of_every_dim_is_one_tile():
     assert report.tiles_per_op["aten.constant_pad_nd.default"] == 1
 
 
+def test_writes_into_slices_of_a_new_tensor():
+    """In-place writes into slices (a KV-cache update, a strided write, a write that casts)
+    reach aspen functionalized as slice_scatter and copy."""
+    class Model(nn.Module):
+        def forward(self, x, y):
+            out = x * 2
+            out[:, 1:7:2] = y
+            out[-2:, -3:] = y[:2, :1] + 1
+            counts = torch.zeros(3, 5, dtype=torch.int64)
+            counts[1:] = x[:2, :5] * 10
+            return out, counts
+
+    report = assert_matches_eager(Model(), torch.randn(6, 9), torch.randn(6, 3), options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.slice_scatter.default"] >= 3 and report.tiles_per_op["aten.copy.default"] >= 2
+
+
 def test_flip_roll_repeat_index_select():
     """Ops that need whole extents along some dims (flipped, repeated, indexed) and are cut along the others."""
     class Model(nn.Module):

@@ -93,6 +93,33 @@ def test_reductions(reduce, with_nan):
     assert report.num_tiles > 1
 
 
+def test_scans_along_any_dim():
+    """cumprod, logcumsumexp, cummax and cummin (values and indices; ties and NaN as in
+    eager): tiles over the other dims, each whole along the scanned one."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return (torch.cumprod(x, 1), torch.logcumsumexp(x * 3, 2), torch.cummax(x, 0), torch.cummin(x, -1),
+                    torch.cumsum(x.gt(0), 2))
+
+    x = torch.randint(-2, 3, (5, 6, 7)).float() / 2
+    x[1, 2, 3] = float("nan")
+    report = assert_matches_eager(Model(), x, options={"min_tile_flops": 1})
+    for op in ("aten.cumprod.default", "aten.logcumsumexp.default", "aten.cummax.default", "aten.cummin.default"):
+        assert report.tiles_per_op[op] >= 2, op
+
+
+def test_pointwise_after_values_leaves_indices_alone():
+    """An elementwise op on the values of a values-and-indices op runs as an epilogue of
+    the values' tiles only (it was appended to the indices' tiles too, which then failed)."""
+    class Model(nn.Module):
+        def forward(self, x):
+            top = torch.max(x, 1)
+            return top.values + 1, top.indices * 2, torch.sort(x, 0).values * 3, torch.cummax(x, 2)[0].relu()
+
+    report = assert_matches_eager(Model(), torch.randn(4, 6, 9), options={"min_tile_flops": 1})
+    assert report.num_tiles > 4
+
+
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_topk_and_sort(with_nan):
     """Values and indices, along the last and the first dim, sorted and not, with ties

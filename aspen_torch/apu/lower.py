@@ -236,6 +236,15 @@ class LoweringContext:
         if producer in self._fusible:
             self._fusible[consumer] = self._fusible.pop(producer)
 
+    def _select_output(self, node: fx.Node) -> None:
+        """One output of a multi-output op (values or indices): of the op's tiles, those that
+        write it stay fusible for it, so an epilogue on the values leaves the indices alone."""
+        producer, index = node.args
+        value = self.value(producer)[index]
+        self.values[node] = value
+        if producer in self._fusible and isinstance(value, TensorRef):
+            self._fusible[node] = [i for i in self._fusible[producer] if self.tiles[i].out.ref.buffer == value.buffer]
+
     # --- driver -------------------------------------------------------------------------
     def run(self, inputs: Sequence[PartitionInput]) -> TileGraph:
         graph = self.graph_module.graph
@@ -268,7 +277,7 @@ class LoweringContext:
                 refs = buffers_for_outputs(node)
                 self.values[node] = tuple(refs) if isinstance(node.meta["val"], (tuple, list)) else refs[0]
             elif node.target is operator.getitem:
-                self.absorb(node.args[0], node, self.value(node.args[0])[node.args[1]])
+                self._select_output(node)
             else:
                 self.values[node] = RULES.rule(node.target).lower(node, self)
 

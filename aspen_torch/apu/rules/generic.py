@@ -215,10 +215,15 @@ def lower_repeat(node, ctx):
     return lower_whole_along(node, ctx, tuple(d for d, r in enumerate(repeats) if d < offset or r != 1))
 
 
-@RULES.register(aten.cumsum.default)
-def lower_cumsum(node, ctx):
+@RULES.register(aten.cumsum.default, aten.cumprod.default, aten.logcumsumexp.default)
+def lower_scan(node, ctx):
     dim = node.args[1] % max(1, node_meta(node).dim())
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
+
+
+@RULES.register(aten.cummax.default, aten.cummin.default)
+def lower_scan_with_indices(node, ctx):
+    return lower_whole_along(node, ctx, (node.args[1] % max(1, node_meta(node).dim()),))
 
 
 @RULES.register(aten.gather.default, check=lambda node, is_frozen: "sparse_grad" if schema_args(node)[3] else None)

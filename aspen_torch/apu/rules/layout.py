@@ -11,7 +11,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
-from .generic import aten_tiles, row_blocks
+from .generic import aten_tiles, named_schema_args, row_blocks
 
 aten = torch.ops.aten
 
@@ -120,6 +120,37 @@ def lower_slice(node, ctx):
     if step == 1 or length == 0:
         return ref.then("narrow", (dim, start, length), node_meta(node).shape)
     return ref.then("slice", (dim, start, length, step), node_meta(node).shape)  # Swin's patch merging: x[:, 0::2]
+
+
+@RULES.register(aten.copy.default)
+def lower_functional_copy(node, ctx):
+    """copy(self, src): src broadcast to self's shape in self's dtype; self's values are
+    not read. Copy tiles along dim 0, as for cat."""
+    out = ctx.new_buffer(node)
+    src = ctx.expand_to(ctx.ref(node.args[1]), out.shape)
+    if out.shape:
+        parts = ctx.policy.num_tiles(torch.Size(out.shape).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, out.shape[0])
+        boxes = [((b0, b1),) + full_box(out.shape)[1:] for b0, b1 in split_range(out.shape[0], parts)]
+    else:
+        boxes = [()]
+    for box in boxes:
+        ctx.add_tile(Tile(TileKind.COPY, Region(out, box), [Region(src, box)], (), [], str(node.target), node.name))
+    return out
+
+
+@RULES.register(aten.slice_scatter.default)
+def lower_slice_scatter(node, ctx):
+    """self with a slice along dim replaced by src (functionalized writes into a slice, e.g.
+    circular padding): tiles over the other dims, each whole along dim, reading its box of
+    self and of src."""
+    out = ctx.new_buffer(node, channels_last=False)
+    dim = named_schema_args(node)["dim"] % max(1, len(out.shape))
+    boxes = row_blocks(node, ctx, out.shape, (dim,))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return tuple((0, ref.shape[d]) if d == dim else box[d] for d in range(len(ref.shape)))
+
+    return aten_tiles(node, ctx, out, boxes, region)
 
 
 @RULES.register(aten.split_with_sizes.default, aten.split.Tensor)
