@@ -64,6 +64,21 @@ def test_transposed_conv(args, shape):
     assert tiles == 1 if shape[0] == 1 and args[1] < 16 else tiles > 1
 
 
+@pytest.mark.parametrize("args,shape", [
+    ((4, 8, 3, 1, 1), (2, 4, 5, 6, 7)),            # cut by batch
+    ((8, 48, 3, 2, 1, 2), (1, 8, 7, 9, 8)),        # one clip: output-channel blocks; stride 2, dilation 2
+    ((8, 8, (1, 3, 3), 1, (0, 1, 1), 1, 2), (3, 8, 4, 6, 5))])  # grouped, (2+1)-d style kernel
+def test_conv3d(args, shape):
+    """Video and volume convolutions with BN (folded) and ReLU after them."""
+    model = nn.Sequential(nn.Conv3d(*args), nn.BatchNorm3d(args[1]), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    report = assert_matches_eager(model, torch.randn(*shape), options={"min_tile_flops": 1e3, "num_dses": 2})
+    assert set(report.tiles_per_op) == {"aten.convolution.default"}
+    assert report.tiles_per_op["aten.convolution.default"] > 1
+
+
 def test_conv_followed_by_batch_norm_is_folded():
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
     with torch.no_grad():

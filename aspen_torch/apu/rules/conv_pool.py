@@ -60,10 +60,8 @@ def _check_conv(node: fx.Node, is_frozen):
         return "convolution weight or bias is not a frozen parameter (aspen prepacks weights)"
     if float32_only(node):
         return float32_only(node)
-    if node.args[6] and node_meta(x).dim() not in (3, 4, 5):
-        return f"{node_meta(x).dim() - 2}-d transposed convolution (aspen tiles 1-d to 3-d)"
-    if not node.args[6] and node_meta(x).dim() not in (3, 4):
-        return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 1-d and 2-d)"
+    if node_meta(x).dim() not in (3, 4, 5):
+        return f"{node_meta(x).dim() - 2}-d convolution (aspen tiles 1-d to 3-d)"
     return None
 
 
@@ -91,15 +89,19 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
     return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
 
 
-def _lower_transposed_convolution(node: fx.Node, ctx: LoweringContext) -> TensorRef:
-    """Decoder upsampling (U-Net, GAN generators, vocoders): ATen's own kernel over whole
-    images, cut by batch, then into output-channel blocks (weight [in, out / groups, *kernel]
-    read at the block's columns). An output row depends on a window of input rows that
-    the stride interleaves, so rows are not cut."""
-    x, w, groups = node.args[0], node.args[1], node.args[8]
+def _lower_convolution_of_whole_images(node: fx.Node, ctx: LoweringContext) -> TensorRef:
+    """Transposed convolutions (decoder upsampling: U-Net, GAN generators, vocoders) and 3-d
+    convolutions (video, volumes): ATen's own kernel over whole images, cut by batch, then
+    into output-channel blocks (the weight read at the block's out-channel slice: dim 1 of
+    a transposed weight [in, out / groups, *kernel], dim 0 of [out, in / groups, *kernel]).
+    A transposed conv's output row depends on input rows the stride interleaves, so rows
+    are not cut; 3-d convs are not banded either (their weights are not prepacked)."""
+    x, w, transposed, groups = node.args[0], node.args[1], node.args[6], node.args[8]
     in_shape, out_shape = tuple(node_meta(x).shape), tuple(node_meta(node).shape)
-    n, c, oc = in_shape[0], in_shape[1], out_shape[1]
-    flops = 2.0 * (oc // groups) * math.prod(in_shape) * math.prod(node_meta(w).shape[2:])
+    n, oc = in_shape[0], out_shape[1]
+    # Each output (or, transposed, input) element meets one weight slice [in or out / groups, *kernel].
+    flops = 2.0 * math.prod(in_shape if transposed else out_shape) * math.prod(node_meta(w).shape[1:])
+    weight_out_dim = 1 if transposed else 0
     out = ctx.new_buffer(node)
     blocks = max(1, oc // _CHANNEL_BLOCK) if groups == 1 else 1
     tiles = ctx.policy.num_tiles(flops, n * blocks, batch=n)
@@ -113,15 +115,17 @@ def _lower_transposed_convolution(node: fx.Node, ctx: LoweringContext) -> Tensor
     def region(i: int, ref: TensorRef, box) -> tuple:
         if i == 0:
             return (box[0], *((0, s) for s in ref.shape[1:]))
-        return ((0, ref.shape[0]), box[1], *((0, s) for s in ref.shape[2:])) if i == 1 else (box[1],)
+        if i == 1:
+            return tuple(box[1] if d == weight_out_dim else (0, s) for d, s in enumerate(ref.shape))
+        return (box[1],)
 
     return aten_tiles(node, ctx, out, boxes, region)
 
 
 @RULES.register(aten.convolution.default, check=_check_conv)
 def lower_convolution(node: fx.Node, ctx: LoweringContext):
-    if node.args[6]:
-        return _lower_transposed_convolution(node, ctx)
+    if node.args[6] or node_meta(node).dim() == 5:
+        return _lower_convolution_of_whole_images(node, ctx)
     x, w, b, stride, padding, dilation, _, _, groups = node.args
     weight, bias = ctx.constant(w), ctx.constant(b) if b is not None else None
     if weight is None or (b is not None and bias is None):
