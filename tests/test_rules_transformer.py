@@ -77,11 +77,14 @@ def test_masks_of_other_dtypes():
     lambda x: (x > 0).any(-1), lambda x: (x > -2).all(1), lambda x: x.max(-1), lambda x: x.min(1, keepdim=True),
     lambda x: x.max(), lambda x: x.min(), lambda x: x.norm(dim=-1), lambda x: F.normalize(x, dim=-1),
     lambda x: torch.linalg.vector_norm(x, 1, (0, 2)), lambda x: x.var(-1), lambda x: x.std(1, keepdim=True),
-    lambda x: x.var(), lambda x: torch.logsumexp(x, -1), lambda x: x.prod(1)])
+    lambda x: x.var(), lambda x: torch.logsumexp(x, -1), lambda x: x.prod(1), lambda x: x.median(-1),
+    lambda x: x.median(), lambda x: x.nanmedian(1, keepdim=True), lambda x: x.nanmedian(),
+    lambda x: x.kthvalue(3, 1), lambda x: x.round().mode(-1), lambda x: x.round().mode(0)])
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_reductions(reduce, with_nan):
     """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),
-    max / min with their indices, norms and variances; NaN propagates as in eager."""
+    max / min / median / kthvalue / mode with their indices (mode with ties), norms and
+    variances; NaN propagates (or, for nanmedian, is skipped) as in eager."""
     class Model(nn.Module):
         def forward(self, x):
             return reduce(x * 2)

@@ -262,11 +262,12 @@ def _check_reduction(node, is_frozen):
 @RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
                 aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
                 aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default,
-                aten.max.dim, aten.min.dim, check=_check_reduction)
+                aten.max.dim, aten.min.dim, aten.median.default, aten.median.dim, aten.nanmedian.default,
+                aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
-    reduced dims (the schema's `dim`; none or an empty list is every dim). max.dim and
-    min.dim compute their values and their indices by a set of tiles each."""
+    reduced dims (the schema's `dim`; none or an empty list is every dim). Ops returning
+    values and indices (max/min/median/kthvalue/mode along a dim) compute each by a set of tiles."""
     x = ctx.ref(node.args[0])
     rank = len(x.shape)
     args = named_schema_args(node)
