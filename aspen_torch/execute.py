@@ -58,8 +58,7 @@ class CompiledPartition(torch.nn.Module):
         runtime = SHARED_RUNTIME.get()
         taken = self._take_plan()
         try:
-            outputs, to_fill = self._output_layout.make(args)
-            copy_out = self._output_layout.copies(taken.output_views, outputs, to_fill)
+            outputs, copy_out = self._output_layout.make(args, taken.output_views)
             runtime.run(taken.program, current_request_is_urgent(), copy_in=list(zip(args, taken.input_buffers)),
                         copy_out=copy_out)
         finally:

@@ -62,8 +62,10 @@ class OutputLayout:
         self._broadcast_dims = [[d for d, (size, stride) in enumerate(zip(spec.shape, spec.stride)) if stride == 0 and size > 1]
                                 for spec in self._specs]
 
-    def make(self, args: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
-        """This call's outputs, and which of them `copies` must fill from the plan."""
+    def make(self, args: Sequence[torch.Tensor], plan_views: Sequence[torch.Tensor]
+             ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """This call's outputs, and the (plan view, output) pairs the runtime copies into them
+        after the call's tiles (none for an output that is a view of an input)."""
         outputs: list[Optional[torch.Tensor]] = [None] * len(self._specs)
         for shared in self._shared:
             memory = torch.UntypedStorage(shared.nbytes)
@@ -78,13 +80,9 @@ class OutputLayout:
                 viewed.add(view.output)
         outputs = [out if out is not None else torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype)
                    for out, spec in zip(outputs, self._specs)]
-        return outputs, [i for i in range(len(outputs)) if i not in viewed]
-
-    def copies(self, plan_views: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor],
-               to_fill: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(plan view, output) pairs the runtime copies after the call's tiles."""
-        return [(_first_along(plan_views[i], self._broadcast_dims[i]), _first_along(outputs[i], self._broadcast_dims[i]))
-                for i in to_fill]
+        copies = [(_first_along(plan_views[i], dims), _first_along(outputs[i], dims))
+                  for i, dims in enumerate(self._broadcast_dims) if i not in viewed]
+        return outputs, copies
 
 
 def _first_along(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:

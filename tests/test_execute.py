@@ -255,9 +255,13 @@ def test_output_layout_views_an_input_only_with_its_traced_strides():
     traced_input = torch.randn(4, 8)
     graph = types.SimpleNamespace(input_meta=[traced_input], output_meta=[traced_input[:, 1:3], traced_input * 2])
     layout = OutputLayout(graph)
+    plan_views = [torch.randn(4, 2), torch.randn(4, 8)]
     x = torch.randn(4, 8)
-    outputs, to_fill = layout.make([x])
-    assert outputs[0].data_ptr() == x[:, 1:3].data_ptr() and outputs[0].stride() == (8, 1) and to_fill == [1]
+    outputs, copies = layout.make([x], plan_views)
+    assert outputs[0].data_ptr() == x[:, 1:3].data_ptr() and outputs[0].stride() == (8, 1)
+    assert [(src is plan_views[1], dst is outputs[1]) for src, dst in copies] == [(True, True)]
     transposed = torch.randn(8, 4).t()  # same shape, other strides: the output is copied instead
-    outputs, to_fill = layout.make([transposed])
-    assert outputs[0].untyped_storage().data_ptr() != transposed.untyped_storage().data_ptr() and to_fill == [0, 1]
+    outputs, copies = layout.make([transposed], plan_views)
+    assert outputs[0].untyped_storage().data_ptr() != transposed.untyped_storage().data_ptr()
+    assert [(src is view, dst is out) for (src, dst), view, out in zip(copies, plan_views, outputs)] == [(True, True)] * 2
+    assert len(copies) == 2

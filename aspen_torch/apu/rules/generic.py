@@ -221,11 +221,6 @@ def lower_scan(node, ctx):
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
 
 
-@RULES.register(aten.cummax.default, aten.cummin.default)
-def lower_scan_with_indices(node, ctx):
-    return lower_whole_along(node, ctx, (node.args[1] % max(1, node_meta(node).dim()),))
-
-
 @RULES.register(aten.gather.default, check=lambda node, is_frozen: "sparse_grad" if schema_args(node)[3] else None)
 def lower_gather(node, ctx):
     """out[..., i, ...] = self[..., index[..., i, ...], ...] along dim: a tile reads its
@@ -287,18 +282,11 @@ def lower_reduction(node, ctx):
     return aten_tiles_for_outputs(node, ctx, lambda out: split_dims(out.shape, out_kept, parts), region)
 
 
-@RULES.register(aten.topk.default, aten.sort.default, aten.sort.stable)
+@RULES.register(aten.topk.default, aten.sort.default, aten.sort.stable, aten.cummax.default, aten.cummin.default)
 def lower_sorting(node, ctx):
-    """Row blocks spanning the sorted dim; the values and the indices each by their own
-    tiles. Any dtype: the op's own kernel runs."""
-    args = named_schema_args(node)
-    rank = max(1, node_meta(node.args[0]).dim())
-    dim = args["dim"] % rank
-
-    def region(i: int, ref: TensorRef, box: Box) -> Box:
-        return tuple((0, ref.shape[d]) if d == dim else box[d] for d in range(len(ref.shape)))
-
-    return aten_tiles_for_outputs(node, ctx, lambda out: row_blocks(node, ctx, out.shape, (dim,)), region)
+    """Sorting and running max/min: row blocks spanning the dim; the values and the indices
+    each by their own tiles. Any dtype: the op's own kernel runs."""
+    return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default)

@@ -32,13 +32,17 @@ def copy_to_new_buffer(ctx: LoweringContext, ref: TensorRef, shape: Sequence[int
     """Copy tiles from `ref` into a new contiguous buffer of `shape` (same number of
     elements, row-major order), each writing its box through a view of it in ref's shape."""
     out = TensorRef.of(Buffer(name, tuple(shape), ref.buffer.dtype))
-    target = out.then("view", ref.shape, ref.shape)
-    numel = max(1, math.prod(ref.shape))
-    boxes = split_dims(ref.shape, tuple(range(len(ref.shape))),
+    _add_copy_tiles(ctx, out.then("view", ref.shape, ref.shape), ref, label, name)
+    return out
+
+
+def _add_copy_tiles(ctx: LoweringContext, dst: TensorRef, src: TensorRef, label: str, name: str) -> None:
+    """Copy tiles from `src` to `dst` (same shape), boxes cut over every dim by size."""
+    numel = max(1, math.prod(src.shape))
+    boxes = split_dims(src.shape, tuple(range(len(src.shape))),
                        ctx.policy.num_tiles(numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
     for box in boxes:
-        ctx.add_tile(Tile(TileKind.COPY, Region(target, box), [Region(ref, box)], (), [], label, name))
-    return out
+        ctx.add_tile(Tile(TileKind.COPY, Region(dst, box), [Region(src, box)], (), [], label, name))
 
 
 @RULES.register(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
@@ -124,17 +128,10 @@ def lower_slice(node, ctx):
 
 @RULES.register(aten.copy.default)
 def lower_functional_copy(node, ctx):
-    """copy(self, src): src broadcast to self's shape in self's dtype; self's values are
-    not read. Copy tiles along dim 0, as for cat."""
+    """copy(self, src): src broadcast to self's shape in self's dtype (the copy tiles cast);
+    self's values are not read."""
     out = ctx.new_buffer(node)
-    src = ctx.expand_to(ctx.ref(node.args[1]), out.shape)
-    if out.shape:
-        parts = ctx.policy.num_tiles(torch.Size(out.shape).numel() * MEMORY_BOUND_FLOPS_PER_ELEMENT, out.shape[0])
-        boxes = [((b0, b1),) + full_box(out.shape)[1:] for b0, b1 in split_range(out.shape[0], parts)]
-    else:
-        boxes = [()]
-    for box in boxes:
-        ctx.add_tile(Tile(TileKind.COPY, Region(out, box), [Region(src, box)], (), [], str(node.target), node.name))
+    _add_copy_tiles(ctx, out, ctx.expand_to(ctx.ref(node.args[1]), out.shape), str(node.target), node.name)
     return out
 
 
