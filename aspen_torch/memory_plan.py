@@ -4,98 +4,152 @@ written (cache-hot) memory is written again instead of cold memory.
 
 Tile indices are a topological order (lowering appends tiles in graph order), so a
 buffer is live from its first writer to its last reader. A buffer takes over a slot
-only after the previous occupant's last use, and every writer of the new buffer gets an
-edge from every tile that last touches the old one: each reader (write-after-read), and
-each writer that no reader depends on (write-after-write: a dead value, or rows a strided
-reader skips). Tiles of later ops may run ahead of earlier ones; without those edges a
-writer could overwrite data a slower DSE has yet to read, or be overwritten by a late one.
-The edges go from lower to higher tile indices, so the graph stays acyclic.
+only after the previous occupant's last use. Tiles of later ops may run ahead of
+earlier ones, so every writer of the new buffer gets an edge from every earlier tile
+that touched the same bytes of the slot: readers (write-after-read) and writers
+(write-after-write: a dead value, or rows a strided reader skips). Which bytes a tile
+touches is index-range math: its region's box through the views onto the buffer, then
+the box's first and last element in the buffer's layout. Edges go only between tiles
+whose byte ranges meet, so a batch's images (or a band's rows) stay independent across
+the reuse: a DSE can carry one image through many ops while it is in cache, where
+whole-buffer edges made every op a barrier. The edges go from lower to higher tile
+indices, so the graph stays acyclic.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import torch
 
-from .apu.tile_graph import Buffer, TileGraph
+from .apu.tile_graph import Buffer, Region, TileGraph
 
 # Slots start on cache-line multiples, so every reused buffer keeps kernels' alignment.
 _ALIGN = 64
+
+ByteRange = tuple[int, int]  # [start, stop) in a slot
 
 
 @dataclasses.dataclass
 class MemoryPlan:
     slot_bytes: list[int]  # capacity of each slot
     slot_of: dict[Buffer, int]  # activation buffer -> its slot; buffers not listed get their own memory
-    extra_edges: list[tuple[int, int]]  # write-after-read edges that make the sharing safe
+    extra_edges: list[tuple[int, int]]  # write-after-read/write edges that make the sharing safe
+
+
+def _element_size(buf: Buffer) -> int:
+    return torch.empty((), dtype=buf.dtype).element_size()
 
 
 def _nbytes(buf: Buffer) -> int:
-    size = math.prod(buf.shape) * torch.empty((), dtype=buf.dtype).element_size()
+    size = math.prod(buf.shape) * _element_size(buf)
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _buffer_uses(graph: TileGraph) -> tuple[dict[Buffer, list[int]], dict[Buffer, list[int]]]:
-    """Tiles writing and reading each buffer (a tile's inputs are every view it reads)."""
-    writers: dict[Buffer, list[int]] = {}
-    readers: dict[Buffer, list[int]] = {}
+class _ByteRanges:
+    """Byte range of a region in its buffer as the planner lays the buffer out (every
+    buffer starts at its slot's first byte): a covering range, exact for a dense box."""
+
+    def __init__(self) -> None:
+        self._strides: dict[Buffer, tuple[int, ...]] = {}
+
+    def of(self, region: Region) -> Optional[ByteRange]:
+        buf = region.ref.buffer
+        box = region.ref.buffer_box(region.box)
+        if any(stop <= start for start, stop in box):
+            return None
+        strides = self._strides.get(buf)
+        if strides is None:
+            strides = self._strides[buf] = tuple(buf.meta().stride())
+        first = sum(start * s for (start, _), s in zip(box, strides))
+        last = sum((stop - 1) * s for (_, stop), s in zip(box, strides))
+        size = _element_size(buf)
+        return first * size, (last + 1) * size
+
+
+Touches = list[tuple[int, ByteRange]]  # (tile, the bytes it touches)
+
+
+def _buffer_touches(graph: TileGraph, ranges: _ByteRanges) -> tuple[dict[Buffer, Touches], dict[Buffer, Touches]]:
+    """Per buffer, the tiles writing it and the tiles reading it, with the bytes each touches."""
+    writers: dict[Buffer, Touches] = {}
+    readers: dict[Buffer, Touches] = {}
     for index, tile in enumerate(graph.tiles):
-        writers.setdefault(tile.out.ref.buffer, []).append(index)
-        for region in tile.inputs:
-            if region is not None:
-                readers.setdefault(region.ref.buffer, []).append(index)
+        for region, into in [(tile.out, writers)] + [(r, readers) for r in tile.inputs if r is not None]:
+            span = ranges.of(region)
+            if span is not None:
+                into.setdefault(region.ref.buffer, []).append((index, span))
     return writers, readers
 
 
-def _last_touches(graph: TileGraph, writers: dict[Buffer, list[int]],
-                  readers: dict[Buffer, list[int]]) -> dict[Buffer, list[int]]:
-    """Per buffer, the tiles after which nothing touches it: its readers, and the writers
-    none of its readers depends on (lowering adds an edge from each writer to each reader
-    of what it wrote, so a writer without such an edge is ordered before no reader)."""
-    children: dict[int, set[int]] = {}
-    for parent, child in graph.edges:
-        children.setdefault(parent, set()).add(child)
-    last: dict[Buffer, list[int]] = {}
-    for buf, buf_writers in writers.items():
-        read = set(readers.get(buf, []))
-        last[buf] = sorted(read | {w for w in buf_writers if not children.get(w, set()) & read})
-    return last
+def _merged(spans: list[ByteRange]) -> list[ByteRange]:
+    merged: list[ByteRange] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _covered(span: ByteRange, merged: list[ByteRange]) -> bool:
+    return any(start <= span[0] and span[1] <= stop for start, stop in merged)
+
+
+class _Slot:
+    """A slot's occupant and, per byte range, the last tiles that touched it: the tiles a
+    new writer of those bytes must follow."""
+
+    def __init__(self, size: int, occupant: Buffer) -> None:
+        self.size = size
+        self.occupant = occupant
+        self.frontier: Touches = []
+
+    def take(self, buf: Buffer, writes: Touches, reads: Touches, edges: set[tuple[int, int]]) -> None:
+        for writer, (start, stop) in writes:
+            edges.update((before, writer) for before, (b0, b1) in self.frontier if b0 < stop and start < b1)
+        # A touch whose bytes the new writers overwrite is behind them now: any later writer
+        # of those bytes meets one of these writers, which follows the old touch.
+        written = _merged([span for _, span in writes])
+        self.frontier = [t for t in self.frontier if not _covered(t[1], written)] + writes + reads
+        self.occupant = buf
 
 
 def plan_memory(graph: TileGraph) -> MemoryPlan:
-    writers, readers = _buffer_uses(graph)
+    ranges = _ByteRanges()
+    writers, readers = _buffer_touches(graph, ranges)
     pinned = {ref.buffer for ref in graph.input_refs} | {ref.buffer for ref in graph.output_refs}
     shared = [b for b in writers if b.constant is None and b not in pinned]
-    shared.sort(key=lambda b: writers[b][0])
-
-    last_touches = _last_touches(graph, writers, readers)
-    last_use = {b: max(last_touches[b]) for b in shared}
-    slot_bytes: list[int] = []
-    occupant: list[Buffer] = []  # last buffer placed in each slot
+    shared.sort(key=lambda b: writers[b][0][0])
+    last_use = {b: max(t for t, _ in writers[b] + readers.get(b, [])) for b in shared}
+    slots: list[_Slot] = []
     slot_of: dict[Buffer, int] = {}
     extra_edges: set[tuple[int, int]] = set()
     for buf in shared:
-        first_write = writers[buf][0]
+        first_write = writers[buf][0][0]
         size = _nbytes(buf)
         # Free slots: their occupant's last use comes before this buffer's first write.
-        free = [s for s, old in enumerate(occupant) if last_use[old] < first_write]
-        # Prefer a slot that fits, smallest first; otherwise grow the largest free one.
-        fitting = [s for s in free if slot_bytes[s] >= size]
-        if fitting:
-            slot = min(fitting, key=lambda s: slot_bytes[s])
+        free = [s for s, slot in enumerate(slots) if last_use[slot.occupant] < first_write]
+        # Prefer a slot last holding a buffer of the same shape and layout: each image's (or
+        # band's) bytes then land where the same image's were, so the edges stay per image.
+        # Else a slot that fits, smallest first; else grow the largest free one.
+        same = [s for s in free if _same_layout(slots[s].occupant, buf)]
+        fitting = [s for s in free if slots[s].size >= size]
+        if same:
+            slot = same[0]
+        elif fitting:
+            slot = min(fitting, key=lambda s: slots[s].size)
         elif free:
-            slot = max(free, key=lambda s: slot_bytes[s])
-            slot_bytes[slot] = size
+            slot = max(free, key=lambda s: slots[s].size)
+            slots[slot].size = size
         else:
-            slot = len(slot_bytes)
-            slot_bytes.append(size)
-            occupant.append(buf)
-        if occupant[slot] is not buf:
-            old = occupant[slot]
-            for before in last_touches[old]:
-                for writer in writers[buf]:
-                    extra_edges.add((before, writer))
-            occupant[slot] = buf
+            slot = len(slots)
+            slots.append(_Slot(size, buf))
+        slots[slot].take(buf, writers[buf], readers.get(buf, []), extra_edges)
         slot_of[buf] = slot
-    return MemoryPlan(slot_bytes, slot_of, sorted(extra_edges))
+    return MemoryPlan([s.size for s in slots], slot_of, sorted(extra_edges))
+
+
+def _same_layout(a: Buffer, b: Buffer) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.channels_last == b.channels_last

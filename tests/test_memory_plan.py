@@ -112,6 +112,20 @@ def test_every_conflicting_access_is_ordered(make):
     assert checked > len(graph.tiles)
 
 
+def test_reuse_keeps_the_images_of_a_batch_independent():
+    """A batch cut into one tile per image: a writer reusing a slot waits only for the tiles
+    that touched the same image's bytes there, so one DSE can carry an image through many
+    ops (whole-buffer edges made every reuse a barrier across the batch)."""
+    options = {"num_dses": 2, "min_tile_flops": 1.0}
+    (graph,) = aspen_torch.explain(_chain(), torch.randn(4, 8, 16, 16), options=options).tile_graphs
+    memory = plan_memory(graph)
+    image = [t.out.box[0] for t in graph.tiles]
+    assert all(stop - start == 1 for start, stop in image), "one image per tile"
+    assert memory.extra_edges, "the six convs reuse slots"
+    crossing = [(a, b) for a, b in memory.extra_edges if image[a] != image[b]]
+    assert not crossing, f"reuse edges between images: {crossing}"
+
+
 def test_reuse_shrinks_activation_memory():
     """Six convs (BN and ReLU fused): five intermediate buffers fit in two alternating slots,
     beside the input and output buffers (without reuse: seven buffers)."""
