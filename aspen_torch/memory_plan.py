@@ -14,6 +14,9 @@ whose byte ranges meet, so a batch's images (or a band's rows) stay independent 
 the reuse: a DSE can carry one image through many ops while it is in cache, where
 whole-buffer edges made every op a barrier. The edges go from lower to higher tile
 indices, so the graph stays acyclic.
+
+One buffer takes a slot while its occupant is still read: a convolution adding a
+residual that dies there writes its result over the residual's own bytes (in place).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .apu.tile_graph import Buffer, Region, TileGraph
+from .apu.tile_graph import Buffer, PointwiseOp, Region, TileGraph, TileKind
 
 # Slots start on cache-line multiples, so every reused buffer keeps kernels' alignment.
 _ALIGN = 64
@@ -107,8 +110,12 @@ class _Slot:
         self.frontier: Touches = []
 
     def take(self, buf: Buffer, writes: Touches, reads: Touches, edges: set[tuple[int, int]]) -> None:
+        # Writers taking the slot in place are in the frontier as readers of the old occupant;
+        # each reads exactly the box it writes, so they need no order among themselves.
+        writing = {w for w, _ in writes}
         for writer, (start, stop) in writes:
-            edges.update((before, writer) for before, (b0, b1) in self.frontier if b0 < stop and start < b1)
+            edges.update((before, writer) for before, (b0, b1) in self.frontier
+                         if b0 < stop and start < b1 and before not in writing)
         # A touch whose bytes the new writers overwrite is behind them now: any later writer
         # of those bytes meets one of these writers, which follows the old touch.
         written = _merged([span for _, span in writes])
@@ -127,28 +134,68 @@ def plan_memory(graph: TileGraph) -> MemoryPlan:
     slot_of: dict[Buffer, int] = {}
     extra_edges: set[tuple[int, int]] = set()
     for buf in shared:
-        first_write = writers[buf][0][0]
-        size = _nbytes(buf)
-        # Free slots: their occupant's last use comes before this buffer's first write.
-        free = [s for s, slot in enumerate(slots) if last_use[slot.occupant] < first_write]
-        # Prefer a slot last holding a buffer of the same shape and layout: each image's (or
-        # band's) bytes then land where the same image's were, so the edges stay per image.
-        # Else a slot that fits, smallest first; else grow the largest free one.
-        same = [s for s in free if _same_layout(slots[s].occupant, buf)]
-        fitting = [s for s in free if slots[s].size >= size]
-        if same:
-            slot = same[0]
-        elif fitting:
-            slot = min(fitting, key=lambda s: slots[s].size)
-        elif free:
-            slot = max(free, key=lambda s: slots[s].size)
-            slots[slot].size = size
+        residual = _residual_to_overwrite(graph, buf, writers, readers)
+        if residual is not None and residual in slot_of:
+            slot = slot_of[residual]
         else:
-            slot = len(slots)
-            slots.append(_Slot(size, buf))
+            slot = _free_slot(slots, last_use, buf, writers[buf][0][0])
         slots[slot].take(buf, writers[buf], readers.get(buf, []), extra_edges)
         slot_of[buf] = slot
     return MemoryPlan([s.size for s in slots], slot_of, sorted(extra_edges))
+
+
+def _free_slot(slots: list[_Slot], last_use: dict[Buffer, int], buf: Buffer, first_write: int) -> int:
+    """A slot whose occupant's last use comes before `buf`'s first write, or a new one.
+    Prefers a slot last holding a buffer of the same shape and layout: each image's (or
+    band's) bytes then land where the same image's were, so the edges stay per image.
+    Else a slot that fits, smallest first; else grows the largest free one."""
+    size = _nbytes(buf)
+    free = [s for s, slot in enumerate(slots) if last_use[slot.occupant] < first_write]
+    same = [s for s in free if _same_layout(slots[s].occupant, buf)]
+    if same:
+        return same[0]
+    fitting = [s for s in free if slots[s].size >= size]
+    if fitting:
+        return min(fitting, key=lambda s: slots[s].size)
+    if free:
+        slot = max(free, key=lambda s: slots[s].size)
+        slots[slot].size = size
+        return slot
+    slots.append(_Slot(size, buf))
+    return len(slots) - 1
+
+
+def _residual_to_overwrite(graph: TileGraph, buf: Buffer, writers: dict[Buffer, Touches],
+                           readers: dict[Buffer, Touches]) -> Optional[Buffer]:
+    """The residual whose bytes `buf` may take over while its writers still read it: a
+    ResNet block's shortcut that dies in the convolution tiles adding it. A convolution
+    tile fills its output with the residual before oneDNN accumulates into it
+    (csrc/kernels_window.cpp), and ATen's copy of a view onto itself does nothing, so
+    writing in place saves that copy (a read and a write of the whole output) when each
+    tile reads the residual exactly at the box it writes, through nothing else, and no
+    later tile reads the residual."""
+    residual: Optional[Buffer] = None
+    own = {w for w, _ in writers[buf]}
+    for w in own:
+        tile = graph.tiles[w]
+        if tile.kind != TileKind.CONV2D or not tile.epilogue:
+            return None
+        step = tile.epilogue[0]
+        if step.op != PointwiseOp.ADD or step.a != 1.0 or not step.operand:
+            return None
+        source = tile.args[step.operand]
+        if source.ref.steps or tile.out.ref.steps or source.box != tile.out.box or \
+                sum(r is not None and r.ref.buffer is source.ref.buffer for r in tile.inputs) != 1:
+            return None
+        if residual not in (None, source.ref.buffer):
+            return None
+        residual = source.ref.buffer
+    if residual is None or not _same_layout(residual, buf):
+        return None
+    first_write = min(own)
+    if any(r >= first_write and r not in own for r, _ in readers[residual]):
+        return None
+    return residual
 
 
 def _same_layout(a: Buffer, b: Buffer) -> bool:

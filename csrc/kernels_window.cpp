@@ -37,7 +37,9 @@ const c10::OperatorHandle& mkldnn_conv_inplace_add() {
 
 // Writes conv(x) straight into the output view with oneDNN's in-place binary-add
 // form: the view is first filled with the residual (a leading epilogue add) or
-// zeros. No output is allocated. The other epilogue steps run afterwards, in place,
+// zeros. No output is allocated. Where the memory plan puts the output over a dying
+// residual's own bytes (memory_plan.py), the view already holds it: ATen's copy of a
+// view onto the same memory returns at once. The other epilogue steps run afterwards, in place,
 // on the tile while it is still in cache. A relu is not a oneDNN post-op: oneDNN
 // computes it as max(x, 0), which turns NaN into 0 where eager keeps NaN (the
 // separate pass costs ~0.5% on ResNet-50).

@@ -126,6 +126,35 @@ def test_reuse_keeps_the_images_of_a_batch_independent():
     assert not crossing, f"reuse edges between images: {crossing}"
 
 
+class _Residual(nn.Module):
+    """stem -> (1x1 conv, BN, ReLU, 1x1 conv, BN) + stem -> ReLU: the shortcut dies in the add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16))
+
+    def forward(self, x):
+        y = self.stem(x)
+        return torch.relu(self.branch(y) + y).mean((2, 3))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_dying_residual_is_overwritten_in_place(batch):
+    """The convolution adding the shortcut writes its result over the shortcut's own bytes
+    (its kernel starts by copying the shortcut into its output; in place that copy is gone)."""
+    model, x = _Residual().eval(), torch.randn(batch, 3, 16, 16)
+    options = {"num_dses": 2, "tiles_per_dse": 2, "min_tile_flops": 1.0}
+    (graph,) = aspen_torch.explain(model, x, options=options).tile_graphs
+    memory = plan_memory(graph)
+    adding = [t for t in graph.tiles if t.epilogue and t.epilogue[0].operand]
+    assert adding and len({t.out.ref.buffer for t in adding}) == 1
+    shortcut = adding[0].args[adding[0].epilogue[0].operand].ref.buffer
+    assert memory.slot_of[adding[0].out.ref.buffer] == memory.slot_of[shortcut]
+    assert_matches_eager(model, x, calls=10, options=options)
+
+
 def test_reuse_shrinks_activation_memory():
     """Six convs (BN and ReLU fused): five intermediate buffers fit in two alternating slots,
     beside the input and output buffers (without reuse: seven buffers)."""
