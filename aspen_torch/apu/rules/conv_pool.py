@@ -240,8 +240,11 @@ def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim
     dims = sorted(d % rank for d in dims)
     kept = [d for d in range(rank) if d not in dims]
     out = ctx.new_buffer(node)
-    flops = float(node_meta(x).numel())
-    parts = ctx.policy.num_tiles(flops, max(1, node_meta(node).numel()))
+    # Memory-bound; cut along a kept batch dim, each image's mean runs right after its last
+    # tile (a classifier head's pooling was one tile waiting for the whole batch).
+    flops = MEMORY_BOUND_FLOPS_PER_ELEMENT * node_meta(x).numel()
+    batch = xref.shape[0] if 0 in kept else 1
+    parts = ctx.policy.num_tiles(flops, max(1, node_meta(node).numel()), batch=batch)
     for in_box in split_dims(xref.shape, tuple(kept), parts):
         in_box = tuple((0, xref.shape[d]) if d in dims else in_box[d] for d in range(rank))
         out_box = tuple((0, 1) if d in dims else in_box[d] for d in range(rank)) if keepdim else \
