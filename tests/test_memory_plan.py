@@ -78,10 +78,11 @@ def _bert():
     lambda: (_chain(), torch.randn(2, 8, 16, 16)),
     lambda: (SmallCNN().eval(), torch.randn(2, 3, 32, 32)),
     lambda: (resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)),
+    lambda: (resnet18(num_classes=10).eval(), torch.randn(2, 3, 32, 32)),
     _strided_reader,
     _transformer_block,
     _bert,
-], ids=["conv_chain", "small_cnn", "resnet18", "strided_reader", "transformer_block", "bert"])
+], ids=["conv_chain", "small_cnn", "resnet18", "resnet18_batch2", "strided_reader", "transformer_block", "bert"])
 def test_every_conflicting_access_is_ordered(make):
     """Any two tiles touching the same bytes, one of them writing (in a shared slot: also
     bytes of different buffers), are ordered by the program's edges, whatever the schedule:
