@@ -184,7 +184,7 @@ def _residual_to_overwrite(graph: TileGraph, buf: Buffer, writers: dict[Buffer, 
         if step.op != PointwiseOp.ADD or step.a != 1.0 or not step.operand:
             return None
         source = tile.args[step.operand]
-        if source.ref.steps or tile.out.ref.steps or source.box != tile.out.box or \
+        if source.ref.steps != tile.out.ref.steps or source.box != tile.out.box or \
                 sum(r is not None and r.ref.buffer is source.ref.buffer for r in tile.inputs) != 1:
             return None
         if residual not in (None, source.ref.buffer):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.memory_plan import plan_memory
 
 
 class Conv(nn.Module):
@@ -126,6 +127,45 @@ def test_heavy_weight_conv_is_cut_into_output_channel_blocks(channels, batch, st
         assert len(blocks) == 8 > conv[0].out.ref.shape[2]
     assert all(t.out.box[2] == (0, t.out.ref.shape[2]) for t in conv), "every tile has all rows"
     assert all(t.epilogue for t in conv), "the residual add and ReLU run inside the conv tiles"
+
+
+class ResidualPointwiseConv(nn.Module):
+    """ResNet's bottleneck end: a 1x1 conv, BN, the shortcut (an activation, dying here), ReLU,
+    then a head, so the block's output is an intermediate."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pre = nn.Conv2d(channels, channels, 3, padding=1)
+        self.mid = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        y = torch.relu(self.pre(x))
+        return torch.relu(self.bn(self.conv(torch.relu(self.mid(y)))) + y).amax((2, 3))
+
+
+@pytest.mark.parametrize("batch,tiles_per_dse", [(1, 1), (1, 3), (2, 2)])
+def test_pointwise_conv_is_cut_into_pixel_ranges(batch, tiles_per_dse):
+    """A 1x1 stride-1 conv cut within images takes ranges of pixels (a GEMM over channels-last
+    pixels): balanced to a pixel over 7x7 = 49 pixels, dense, and written over its dying
+    shortcut in place, with BN, the add and ReLU fused."""
+    model = ResidualPointwiseConv(64).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(batch, 64, 7, 7)
+    options = {"num_dses": 2, "tiles_per_dse": tiles_per_dse, "min_tile_flops": 1e4}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
+    sizes = [t.out.box[3][1] - t.out.box[3][0] for t in conv]
+    assert len(conv) > batch, "cut within images"
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == batch * 49
+    assert all(t.out.ref.shape == (batch, 64, 1, 49) and t.epilogue for t in conv)
+    shortcut = conv[0].args[conv[0].epilogue[0].operand].ref.buffer
+    memory = plan_memory(graph)
+    assert memory.slot_of[conv[0].out.ref.buffer] == memory.slot_of[shortcut], "written in place"
 
 
 @pytest.mark.parametrize("channels,stride", [(8, 1), (64, 2)])

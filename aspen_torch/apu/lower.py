@@ -173,7 +173,7 @@ class LoweringContext:
         if operand is None:
             return [None] * len(tiles)
         operand_ref = self.expand_to(self.ref(operand), value.shape)
-        regions = [self._operand_region(operand_ref, value, self.tiles[i]) if value.steps
+        regions = [self._operand_region(operand_ref, value, self.tiles[i]) if self.tiles[i].out.ref != value
                    else Region(operand_ref, self.tiles[i].out.box) for i in tiles]
         if any(r is None for r in regions):
             return None

@@ -89,6 +89,24 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
     return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
 
 
+def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, padding, groups: int,
+                  pixels: int) -> Optional[list[tuple[int, int]]]:
+    """Pixel ranges of each image for a 1x1, stride-1 convolution cut within images: on
+    channels-last activations it is a GEMM over pixels, so a range of pixels is a dense
+    block of input and output rows with no halo, balanced to a pixel (7 rows cut 4 + 3), and
+    the output is written in place. Measured on one thread, two tiles with the shortcut add
+    against the whole conv (ResNet-50 B1 shapes): layer-3 256->1024 row halves 0.98x, channel
+    blocks 1.24x (their dense scratch and its copy); layer-4 512->2048 (4 + 3 rows) 1.11x vs
+    1.29x; 1024->256 1.09x vs 1.15x. Stride-2 1x1 convs read strided pixels: not here.
+    None for other convolutions, or when the batch alone gives the tiles."""
+    if (kernel, tuple(stride), tuple(padding), groups) != ((1, 1), (1, 1), (0, 0), 1):
+        return None
+    tiles = ctx.policy.num_tiles(flops, n * pixels, batch=n)
+    if tiles <= n:
+        return None
+    return split_range(pixels, -(-tiles // n))
+
+
 def _lower_convolution_of_whole_images(node: fx.Node, ctx: LoweringContext) -> TensorRef:
     """Transposed convolutions (decoder upsampling: U-Net, GAN generators, vocoders) and 3-d
     convolutions (video, volumes): ATen's own kernel over whole images, cut by batch, then
@@ -148,14 +166,14 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     bias_ref = TensorRef.of(ctx.constant_buffer(bias.contiguous())) if bias is not None else None
     packed: dict[tuple[int, ...], Region] = {}
 
-    def inputs_for(batch: int, rows: int, pad_h: int, channels: tuple[int, int] = (0, oc)) -> list:
+    def inputs_for(batch: int, rows: int, pad_h: int, channels: tuple[int, int] = (0, oc), width: int = wd) -> list:
         # One packing per input shape a tile sees (for 1x1 convs the layout depends
         # on the spatial size) and per output-channel block; the tiles of one op share a few.
-        key = (batch, rows, pad_h, *channels)
+        key = (batch, rows, pad_h, *channels, width)
         if key not in packed:
             block = weight[channels[0]:channels[1]]
             weight_tensor = ctx.packs.conv(block, [pad_h, padding[1]], stride, dilation, groups,
-                                           [batch, c, rows, wd])
+                                           [batch, c, rows, width])
             ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
             packed[key] = Region(ref, tuple((0, s) for s in block.shape))
         bias_region = Region(bias_ref, (channels,)) if bias_ref is not None else None
@@ -164,8 +182,22 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     def ints_of(top: int, bottom: int) -> tuple[int, ...]:
         return (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups)
 
+    pixel_ranges = _pixel_ranges(ctx, flops, n, (kh, kw), stride, padding, groups, oh * ow)
     blocks = _output_channel_blocks(ctx, flops, n, c * h * wd, weight, groups)
-    if blocks is None:
+    if pixel_ranges is not None:
+        out = ctx.new_buffer(node, out_shape)
+        out_pixels, in_pixels = out.reshaped((n, oc, 1, oh * ow)), xref.reshaped((n, c, 1, h * wd))
+        # One packing for the op: ranges differ by at most a pixel, which leaves oneDNN's
+        # weight layout alone (no reorder per call), and a second copy of layer-4 weights would cost MBs.
+        weights = inputs_for(1, 1, 0, width=pixel_ranges[0][1] - pixel_ranges[0][0])
+        for image in range(n):
+            for p0, p1 in pixel_ranges:
+                box = ((image, image + 1), (0, c), (0, 1), (p0, p1))
+                out_box = ((image, image + 1), (0, oc), (0, 1), (p0, p1))
+                tile = Tile(TileKind.CONV2D, Region(out_pixels, out_box), [Region(in_pixels, box), *weights],
+                            ints_of(0, 0), [], str(node.target), node.name)
+                ctx.add_tile(tile, fusible_for=node)
+    elif blocks is None:
         out = _window_tiles(node, ctx, TileKind.CONV2D, xref, out_shape, (kh, kw), stride, padding,
                             dilation, flops, True, inputs_for, ints_of)
     else:
