@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 import torch.nn as nn
 from helpers import compile_strict
@@ -54,14 +55,24 @@ def test_gil_is_released_while_the_runtime_runs():
     assert len(during) >= 3, "another Python thread kept running during an aspen call"
 
 
-def test_no_weight_reorder_during_execution(capfd):
-    """oneDNN's verbose log lists every reorder primitive it runs; prepacked weights need none."""
-    model = nn.Sequential(
+def _convs_and_linears():
+    return nn.Sequential(
         nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
         nn.Conv2d(32, 64, 1, stride=2), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Flatten(1, 2),
-        nn.Linear(16, 96), nn.GELU(), nn.Linear(96, 24)).eval()
-    compiled = compile_strict(model)
-    x = torch.randn(2, 3, 64, 64)
+        nn.Linear(16, 96), nn.GELU(), nn.Linear(96, 24)).eval(), torch.randn(2, 3, 64, 64), {}
+
+
+def _pointwise_convs_in_pixel_ranges():
+    """One image of 7x7 = 49 pixels cut into ranges of 25 and 24 that share one packing."""
+    model = nn.Sequential(nn.Conv2d(64, 256, 1), nn.ReLU(), nn.Conv2d(256, 64, 1), nn.Flatten(1), nn.Linear(64 * 49, 8))
+    return model.eval(), torch.randn(1, 64, 7, 7), {"num_dses": 2, "min_tile_flops": 1e4}
+
+
+@pytest.mark.parametrize("make", [_convs_and_linears, _pointwise_convs_in_pixel_ranges], ids=["mixed", "pixel_ranges"])
+def test_no_weight_reorder_during_execution(capfd, make):
+    """oneDNN's verbose log lists every reorder primitive it runs; prepacked weights need none."""
+    model, x, options = make()
+    compiled = compile_strict(model, **options)
     with torch.no_grad():
         compiled(x)
         capfd.readouterr()
