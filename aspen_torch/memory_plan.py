@@ -24,8 +24,6 @@ import dataclasses
 import math
 from typing import Optional
 
-import torch
-
 from .apu.tile_graph import Buffer, PointwiseOp, Region, TileGraph, TileKind
 
 # Slots start on cache-line multiples, so every reused buffer keeps kernels' alignment.
@@ -41,12 +39,8 @@ class MemoryPlan:
     extra_edges: list[tuple[int, int]]  # write-after-read/write edges that make the sharing safe
 
 
-def _element_size(buf: Buffer) -> int:
-    return torch.empty((), dtype=buf.dtype).element_size()
-
-
 def _nbytes(buf: Buffer) -> int:
-    size = math.prod(buf.shape) * _element_size(buf)
+    size = math.prod(buf.shape) * buf.dtype.itemsize
     return -(-size // _ALIGN) * _ALIGN
 
 
@@ -67,7 +61,7 @@ class _ByteRanges:
             strides = self._strides[buf] = tuple(buf.meta().stride())
         first = sum(start * s for (start, _), s in zip(box, strides))
         last = sum((stop - 1) * s for (_, stop), s in zip(box, strides))
-        size = _element_size(buf)
+        size = buf.dtype.itemsize
         return first * size, (last + 1) * size
 
 
