@@ -93,8 +93,8 @@ def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, pa
                   pixels: int) -> Optional[list[tuple[int, int]]]:
     """Pixel ranges of each image for a 1x1, stride-1 convolution cut within images: on
     channels-last activations it is a GEMM over pixels, so a range of pixels is a dense
-    block of input and output rows with no halo, balanced to a pixel (7 rows cut 4 + 3), and
-    the output is written in place. Measured on one thread, two tiles with the shortcut add
+    block of input and output rows with no halo, balanced to a pixel (row bands of 7 rows are
+    4 + 3), and the output is written in place. Measured on one thread, two tiles with the shortcut add
     against the whole conv (ResNet-50 B1 shapes): layer-3 256->1024 row halves 0.98x, channel
     blocks 1.24x (their dense scratch and its copy); layer-4 512->2048 (4 + 3 rows) 1.11x vs
     1.29x; 1024->256 1.09x vs 1.15x. Stride-2 1x1 convs read strided pixels: not here.
@@ -183,7 +183,7 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
         return (stride[0], stride[1], top, bottom, padding[1], dilation[0], dilation[1], groups)
 
     pixel_ranges = _pixel_ranges(ctx, flops, n, (kh, kw), stride, padding, groups, oh * ow)
-    blocks = _output_channel_blocks(ctx, flops, n, c * h * wd, weight, groups)
+    blocks = None if pixel_ranges is not None else _output_channel_blocks(ctx, flops, n, c * h * wd, weight, groups)
     if pixel_ranges is not None:
         out = ctx.new_buffer(node, out_shape)
         out_pixels, in_pixels = out.reshaped((n, oc, 1, oh * ow)), xref.reshaped((n, c, 1, h * wd))
