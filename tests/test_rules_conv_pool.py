@@ -168,6 +168,20 @@ def test_pointwise_conv_is_cut_into_pixel_ranges(batch, tiles_per_dse):
     assert memory.slot_of[conv[0].out.ref.buffer] == memory.slot_of[shortcut], "written in place"
 
 
+def test_pointwise_conv_with_weights_outweighing_the_image_is_cut_into_channel_blocks():
+    """Pixel ranges each read all the weights: with 256 x 256 weights over a 7x7 image (more
+    than the image read plus twice the image written) the 1x1 conv takes output-channel
+    blocks of whole images instead, so each tile reads its share of the weights."""
+    model = ResidualPointwiseConv(256).eval()
+    x = torch.randn(1, 256, 7, 7)
+    options = {"num_dses": 2, "min_tile_flops": 1e4}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
+    assert len(conv) == 2 and {t.out.box[1] for t in conv} == {(0, 128), (128, 256)}
+    assert all(t.out.box[2:] == ((0, 7), (0, 7)) and t.epilogue for t in conv), "whole images, add fused"
+
+
 @pytest.mark.parametrize("channels,stride", [(8, 1), (64, 2)])
 def test_conv_relu_epilogue_keeps_nan(channels, stride):
     """A NaN in the input stays NaN through conv, BN, the residual add and ReLU, as in eager

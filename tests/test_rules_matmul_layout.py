@@ -19,6 +19,18 @@ def test_linear(batch, fin, fout, bias):
     assert sum(report.tiles_per_op.values()) >= 1
 
 
+def test_linear_of_one_row_is_cut_by_its_weight_bytes():
+    """A classifier at batch 1 has few FLOPs but reads MBs of weights: on 2 DSEs it is cut into
+    column blocks, each reading half the weights, at the default tile size."""
+    model = nn.Linear(2048, 1000).eval()
+    x = torch.randn(1, 2048)
+    options = {"num_dses": 2}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    linear = [t for t in graph.tiles if t.op_label == "aten.addmm.default"]
+    assert sorted(t.out.box[1] for t in linear) == [(0, 500), (500, 1000)]
+
+
 def test_linear_over_3d_input():
     model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 8)).eval()
     assert_matches_eager(model, torch.randn(3, 11, 24))
