@@ -79,15 +79,18 @@ def test_urgent_request_overtakes_a_running_one():
     aspen_torch.set_num_dses(1)
     try:
         slow_model, fast_model = resnet18(), SmallCNN().eval()
-        slow_x, fast_x = torch.randn(8, 3, 128, 128), torch.randn(1, 3, 33, 29)
+        # ~10 GFLOP: tens of ms on one DSE even on a fast core, against ~1 ms for the urgent one.
+        slow_x, fast_x = torch.randn(16, 3, 128, 128), torch.randn(1, 3, 33, 29)
         slow, fast = compile_strict(slow_model), compile_strict(fast_model)
         with torch.no_grad():
             slow(slow_x)
             fast(fast_x)
             expected = fast_model(fast_x)
         with aspen_torch.trace() as recorded:
+            tiles_before = sum(aspen_torch.runtime_stats()["tiles_per_dse"])
             background = aspen_torch.submit(slow, slow_x)
-            time.sleep(0.05)  # the slow request is under way
+            while sum(aspen_torch.runtime_stats()["tiles_per_dse"]) == tiles_before:
+                time.sleep(0.001)  # until the slow request is under way
             urgent = aspen_torch.submit(fast, fast_x, priority=1)
             torch.testing.assert_close(urgent.result(timeout=300), expected, rtol=1e-4, atol=1e-4)
             assert not background.done(), "the urgent request finished while the other still ran"
