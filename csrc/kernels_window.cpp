@@ -2,7 +2,7 @@
 // A band's input region is clipped to the real rows; the rows that fall in
 // the op's padding are pad_top / pad_bottom. For ATen's kernels equal pads are
 // passed as symmetric padding and unequal ones (the first and last band) are
-// materialised with constant_pad_nd; max pooling clips its windows itself.
+// materialised; max pooling clips its windows itself.
 #include "kernels.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -21,10 +21,26 @@ struct RowPadding {
   int64_t pad_h;
 };
 
-// Convolution and average pooling (whose padding counts zeros) see zero rows.
+// Average pooling (whose padding counts zeros) sees zero rows.
 RowPadding symmetric_rows(const at::Tensor& input, int64_t top, int64_t bottom) {
   if (top == bottom) return {input, top};
   return {at::constant_pad_nd(input, {0, 0, top, bottom}, 0.0), 0};
+}
+
+// A convolution's band as oneDNN takes it: channels-last, with equal padding on both sides.
+// A band of an input in another layout (a CNN's image, kept in the caller's layout so the
+// copy in stays a plain copy) is converted here, in one copy with its unequal padding.
+RowPadding channels_last_rows(const at::Tensor& input, int64_t top, int64_t bottom) {
+  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (top == bottom && channels_last) return {input, top};
+  if (top == bottom) return {input.contiguous(at::MemoryFormat::ChannelsLast), top};
+  std::vector<int64_t> sizes = input.sizes().vec();
+  sizes[2] += top + bottom;
+  at::Tensor padded = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (top > 0) padded.narrow(2, 0, top).zero_();
+  if (bottom > 0) padded.narrow(2, sizes[2] - bottom, bottom).zero_();
+  padded.narrow(2, top, input.size(2)).copy_(input);
+  return {padded, 0};
 }
 
 const c10::OperatorHandle& mkldnn_conv_inplace_add() {
@@ -52,10 +68,8 @@ void run_conv2d(const TileSpec& t) {
   const at::Tensor& view = t.tensors[0];
   const bool dense = view.is_contiguous(at::MemoryFormat::ChannelsLast) || view.is_contiguous();
   const at::Tensor out = dense ? view : at::empty(view.sizes(), view.options().memory_format(at::MemoryFormat::ChannelsLast));
-  RowPadding in = symmetric_rows(t.tensors[1], v[2], v[3]);
   // oneDNN writes the output in the input's layout; the output view is channels-last.
-  if (!in.input.is_contiguous(at::MemoryFormat::ChannelsLast))
-    in.input = in.input.contiguous(at::MemoryFormat::ChannelsLast);
+  const RowPadding in = channels_last_rows(t.tensors[1], v[2], v[3]);
 
   size_t fused = 0;
   const auto& epilogue = t.epilogue;

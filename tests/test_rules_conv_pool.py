@@ -43,6 +43,21 @@ def test_conv2d(case):
     assert report.tiles_per_op["aten.convolution.default"] > 1, "the conv is cut into several tiles"
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_input_keeps_the_callers_layout(channels_last):
+    """A 4-d input is copied in as the caller lays it out (a plain copy, no transpose on the
+    caller's thread); the stem's row bands convert their own rows, padding included."""
+    model = Conv(3, 16, 7, 2, 3).eval()
+    x = torch.randn(2, 3, 45, 38)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    options = {"num_dses": 2, "tiles_per_dse": 3, "min_tile_flops": 1e4}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    assert graph.input_refs[0].buffer.channels_last == channels_last
+    assert len([t for t in graph.tiles if t.op_label == "aten.convolution.default"]) > 2, "cut within images"
+
+
 @pytest.mark.parametrize("args,shape", [
     ((8, 4, 3, 2, 1, 1), (2, 8, 6, 7)),         # stride 2, output padding: cut by batch
     ((64, 48, 4, 2, 1), (1, 64, 5, 6)),         # one image: output-channel blocks

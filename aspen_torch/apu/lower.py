@@ -260,7 +260,11 @@ class LoweringContext:
         for node, inp in zip(placeholders, inputs):
             if isinstance(inp, RuntimeInput):
                 meta = inp.meta
-                buf = Buffer(node.name, tuple(meta.shape), meta.dtype, channels_last=meta.dim() == 4)
+                # The caller's layout, so the copy in is a plain copy; the first tiles to read a
+                # 4-d input (a CNN's stem) convert their own part to channels-last in parallel.
+                channels_last = meta.dim() == 4 and not meta.is_contiguous() and \
+                    meta.is_contiguous(memory_format=torch.channels_last)
+                buf = Buffer(node.name, tuple(meta.shape), meta.dtype, channels_last=channels_last)
                 self.values[node] = TensorRef.of(buf)
                 input_refs.append(self.values[node])
                 input_meta.append(meta)
