@@ -41,7 +41,7 @@ TileSpec to_tile_spec(const pybind11::tuple& py) {
   const auto ints = py[2].cast<std::vector<int64_t>>();
   const auto epilogue = py[3].cast<std::vector<std::tuple<int32_t, int32_t, double, double>>>();
   const auto label = py[4].cast<std::string>();
-  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kSafeSoftmax), "aspen: unknown tile kind ", kind);
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kAttention), "aspen: unknown tile kind ", kind);
   TileSpec spec{static_cast<TileKind>(kind), {}, ints, {}, label};
   TORCH_CHECK(!tensors.empty() && tensors[0].has_value(), "aspen: tile '", label, "' has no output tensor");
   for (const auto& t : tensors) spec.tensors.push_back(t.value_or(at::Tensor()));

@@ -18,6 +18,7 @@ void run_thread_probe(const TileSpec& t);
 void run_aten_op(const TileSpec& t);
 void run_packed_linear(const TileSpec& t);
 void run_safe_softmax(const TileSpec& t);
+void run_attention(const TileSpec& t);
 
 // out = step(in, operand); `in` may alias `out` (an in-place epilogue).
 void apply_pointwise(const PointwiseStep& step, const at::Tensor& out, const at::Tensor& in,

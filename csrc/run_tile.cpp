@@ -15,6 +15,7 @@ void run_tile(const TileSpec& tile, int dse_index) {
     case TileKind::kCopy: run_copy(tile); break;
     case TileKind::kAtenOp: run_aten_op(tile); break;
     case TileKind::kSafeSoftmax: run_safe_softmax(tile); break;
+    case TileKind::kAttention: run_attention(tile); break;
     case TileKind::kPackedLinear: run_packed_linear(tile); return;  // fuses its leading activation itself
     case TileKind::kRecord: run_record(tile, dse_index); return;
     case TileKind::kThreadProbe: run_thread_probe(tile); return;

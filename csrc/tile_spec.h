@@ -28,6 +28,9 @@ namespace aspen {
 //   kPackedLinear tensors: out [rows, cols], input [rows, k], oneDNN-packed weight of its columns,
 //                bias [cols] (may be undefined). A leading activation epilogue runs as a post-op.
 //   kSafeSoftmax tensors: out, input; ints: dim. Softmax whose all -inf rows are zeros.
+//   kAttention   tensors: out [batch, heads, queries, value dim], query, key, value (each
+//                [batch, heads, rows, dim], dim dense), mask broadcasting to the scores
+//                (may be undefined); ints: is_causal, the scale's float64 bits, has_scale.
 //   kAtenOp      aten_call: any ATen op and its arguments (views included); result
 //                `result_index` of its returns is copied into tensors[0]. tensors[1..]
 //                are the views it reads (for epilogue operands).
@@ -44,6 +47,7 @@ enum class TileKind : int32_t {
   kAtenOp = 9,
   kPackedLinear = 10,
   kSafeSoftmax = 11,
+  kAttention = 12,
 };
 
 enum class PointwiseOp : int32_t {

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import assert_matches_eager
 
+from aspen_torch.apu.tile_graph import TileKind
 from aspen_torch.models import GPTBlock
 
 MANY_TILES = {"min_tile_flops": 1e3, "tiles_per_dse": 3}
@@ -213,6 +214,31 @@ def test_fused_attention_tiles(mask_kind, causal):
     assert not {"aten.bmm.default", "aten.clone.default", "aten._unsafe_view.default"} & set(report.tiles_per_op)
 
 
+@pytest.mark.parametrize("head_dim,keys,mask_shape,scale", [
+    (64, 128, (2, 1, 1, 128), None), (80, 130, (2, 4, 9, 130), 0.3), (16, 7, None, None), (96, 33, (9, 33), 2.0)])
+@pytest.mark.parametrize("nan", ["none", "query row", "key row"])
+def test_attention_kernel_edges(head_dim, keys, mask_shape, scale, nan):
+    """Attention tiles (aspen's AVX-512 kernel where the CPU has it, for head dims that are
+    multiples of 16): head dims of 1 to 6 vectors, key counts off the 16-float vector and
+    the 64-key block, masks per batch, per head and per query, a given scale, and NaNs in a
+    query row (that row NaN) or a key row (every row NaN), as in eager."""
+    class Model(nn.Module):
+        def forward(self, q, k, v, mask):
+            return F.scaled_dot_product_attention(q * 1, k * 1, v * 1, attn_mask=mask, scale=scale)
+
+    q = torch.randn(2, 4, 9, head_dim)
+    k, v = torch.randn(2, 4, keys, head_dim), torch.randn(2, 4, keys, head_dim)
+    if nan == "query row":
+        q[1, 2, 5, 3] = float("nan")
+    elif nan == "key row":
+        k[0, 1, keys - 1, 0] = float("nan")
+    mask = torch.randn(mask_shape) if mask_shape is not None else None
+    if mask is not None:
+        mask[..., 0] = float("-inf")  # a masked key: exactly zero weight
+    report = assert_matches_eager(Model(), q, k, v, mask, options={"min_tile_flops": 1e3, "tiles_per_dse": 4})
+    assert report.tiles_per_op[FLASH] > 1
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_fused_attention_with_fewer_queries_than_keys(causal):
     """Cross-attention shapes: 7 queries over 13 keys, a [queries, keys] mask when not causal."""
@@ -259,7 +285,7 @@ def test_fused_attention_with_grouped_key_value_heads(batch, heads, kv_heads, ca
     options = {"min_tile_flops": 1e3, "tiles_per_dse": tiles_per_dse}
     report = assert_matches_eager(Model(), q, k, v, options=options, atol=1e-5)
     group = heads // kv_heads
-    tiles = [t for t in report.tile_graphs[0].tiles if t.op_label == FLASH and t.aten_call is not None]
+    tiles = [t for t in report.tile_graphs[0].tiles if t.kind == TileKind.ATTENTION]
     assert len(tiles) > 1
     for tile in tiles:
         (h0, h1), (k0, k1) = tile.out.box[1], tile.inputs[1].box[1]

@@ -37,6 +37,7 @@ class TileKind(enum.IntEnum):
     ATEN_OP = 9
     PACKED_LINEAR = 10
     SAFE_SOFTMAX = 11
+    ATTENTION = 12
 
 
 class PointwiseOp(enum.IntEnum):

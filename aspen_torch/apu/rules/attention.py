@@ -1,17 +1,21 @@
-"""Fused attention: ATen's CPU flash-attention kernel, tiled over (batch, head, query block).
+"""Fused attention tiles over (batch, head, query block).
 
 SDPA on fp32 CPU tensors reaches the aten graph as
 aten._scaled_dot_product_flash_attention_for_cpu. Run as one tile kind, scores and
 probabilities of a block never leave the cache, the permuted Q/K/V projections are
 read through their strides (no copies to [batch x heads, seq, dim]), and the output
 is laid out as [batch, seq, heads, dim], as eager returns it, so the heads merge
-back into the hidden dimension by a view. BERT-base S128 B8, traced: 102 ms of DSE
-time against 119 for bmm tiles (mask add fused), safe softmax and the Q/K/V copies.
+back into the hidden dimension by a view. The tiles run aspen's AVX-512 kernel
+(csrc/kernels_attention.cpp) where it applies and ATen's flash kernel otherwise.
+BERT-base S128 B8, traced, DSE time: 119 ms for bmm tiles (mask add fused), safe
+softmax and the Q/K/V copies; 102 ms with ATen's kernel as tiles (old host); on the
+new host 71-77 ms with ATen's kernel, 36 ms with aspen's.
 Grouped-query attention (fewer key/value heads, LLaMA) runs in the same tiles.
 """
 from __future__ import annotations
 
 import operator
+import struct
 
 import torch
 import torch.fx as fx
@@ -19,13 +23,13 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import split_dims
 from ..registry import RULES, float32_only
-from ..tile_graph import Box, Buffer, TensorRef
-from .generic import aten_tiles, broadcast_box, schema_args
+from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind
+from .generic import broadcast_box, schema_args
 from .layout import copy_to_new_buffer
 
 aten = torch.ops.aten
 FLASH_ATTENTION = aten._scaled_dot_product_flash_attention_for_cpu.default
-QUERY, KEY, VALUE, DROPOUT, CAUSAL, MASK = range(6)
+QUERY, KEY, VALUE, DROPOUT, CAUSAL, MASK, SCALE = range(7)
 
 
 def _check_attention(node: fx.Node, is_frozen):
@@ -89,4 +93,16 @@ def lower_flash_attention(node: fx.Node, ctx: LoweringContext):
         # The mask broadcasts to the scores [batch, heads, queries, keys].
         return broadcast_box(box[:3] + ((0, keys),), ref.shape)
 
-    return aten_tiles(node, ctx, out, boxes, region, operands=operands), None
+    refs = {i: operands.get(i, ctx.ref(args[i])) for i in (QUERY, KEY, VALUE, MASK) if isinstance(args[i], fx.Node)}
+    scale = args[SCALE]
+    ints = (int(causal), _float64_bits(scale if scale is not None else 0.0), int(scale is not None))
+    for box in boxes:
+        inputs = [Region(refs[i], region(i, refs[i], box)) if i in refs else None for i in (QUERY, KEY, VALUE, MASK)]
+        ctx.add_tile(Tile(TileKind.ATTENTION, Region(out, box), inputs, ints, [], str(node.target), node.name),
+                     fusible_for=node)
+    return out, None
+
+
+def _float64_bits(value: float) -> int:
+    """A float carried in a tile's ints, bit for bit (csrc/tile_spec.h, kAttention)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
