@@ -207,7 +207,10 @@ ASPEN_AVX512 void attend_head(const Head& h, int64_t queries) {
 }
 
 bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    __builtin_cpu_init();  // the CPU model may not be read yet when a library is loaded late
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  }();
   return has;
 }
 
