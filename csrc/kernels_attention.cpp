@@ -7,9 +7,11 @@
 // once into a scratch [head dim x keys]; then for 6 query rows at a time it keeps the
 // rows' scores for 64 keys in 24 registers, stores the rows' scores (all keys) in a small
 // scratch that stays in L1, applies the softmax there, and accumulates P V for 64 value
-// columns in 24 registers. Shapes it does not cover go to ATen's kernel: a head dim not a
-// multiple of 16, causal masks, a mask not dense along keys, other dtypes, a CPU without
-// AVX-512.
+// columns in 24 registers. A causal mask sets the scores of later keys to -inf; like ATen's
+// kernel (up to 512 keys) it computes every score and every key's P V term, so a NaN in a
+// later key's value still makes the row NaN. Shapes it does not cover go to ATen's kernel:
+// a head dim not a multiple of 16, more than 512 keys, a mask not dense along keys, other
+// dtypes, a CPU without AVX-512.
 #include "kernels.h"
 
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
@@ -64,6 +66,7 @@ struct Head {
   int64_t out_stride;
   int64_t keys, padded_keys, dim, value_dim;
   float scale;
+  bool causal;  // query i sees keys 0..i (the tile holds every query, from the first)
   const float* kt;  // K transposed: [dim, padded_keys], zero beyond `keys`
   float* p;         // scratch: [kRows, padded_keys]
 };
@@ -107,6 +110,12 @@ ASPEN_AVX512 __attribute__((always_inline)) inline void score_block(const Head& 
         const int64_t valid = h.keys - (j0 + 16 * c);
         const __mmask16 lanes = valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1);
         s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(lanes, m));
+      }
+      if (h.causal) {  // keys after the query: -inf, over whatever the product gave (a NaN included), as ATen does
+        const __m512i key = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(j0 + 16 * c)),
+                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        const __mmask16 after = _mm512_cmpgt_epi32_mask(key, _mm512_set1_epi32(static_cast<int32_t>(i + r)));
+        s = _mm512_mask_mov_ps(s, after, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
       }
       _mm512_storeu_ps(h.p + r * h.padded_keys + j0 + 16 * c, s);
     }
@@ -216,11 +225,12 @@ bool cpu_has_avx512() {
 
 bool fits_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                  bool causal) {
-  if (causal || !cpu_has_avx512()) return false;
+  if (!cpu_has_avx512()) return false;
   for (const at::Tensor* t : {&q, &k, &v})
     if (t->scalar_type() != at::kFloat || t->dim() != 4 || t->stride(3) != 1 || t->size(3) % 16 != 0) return false;
   // Up to 512 keys ATen's kernel takes the keys as one block (see softmax_rows).
   if (k.size(2) == 0 || k.size(2) > 512 || k.size(1) == 0 || q.size(1) % k.size(1) != 0) return false;
+  if (causal && mask.defined()) return false;  // SDPA takes one or the other
   if (!mask.defined()) return true;
   // Dense along keys: the kernel reads a mask row as keys consecutive floats.
   return mask.scalar_type() == at::kFloat && mask.dim() <= 4 && mask.size(-1) == k.size(2) && mask.stride(-1) == 1;
@@ -256,6 +266,7 @@ void run_attention(const TileSpec& t) {
   h.dim = dim;
   h.value_dim = value_dim;
   h.scale = static_cast<float>(has_scale ? scale_given : 1.0 / std::sqrt(static_cast<double>(dim)));
+  h.causal = causal;
   h.kt = kt.data();
   h.p = p.data();
   h.q_stride = q.stride(2);

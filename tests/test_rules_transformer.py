@@ -239,6 +239,25 @@ def test_attention_kernel_edges(head_dim, keys, mask_shape, scale, nan):
     assert report.tiles_per_op[FLASH] > 1
 
 
+@pytest.mark.parametrize("seq", [37, 130])
+@pytest.mark.parametrize("nan", ["none", "key of the last position", "value of the last position"])
+def test_causal_attention_kernel_edges(seq, nan):
+    """Causal attention tiles: a NaN in the last key is masked for every earlier query (its
+    score is replaced by -inf), a NaN in the last value reaches every row through its zero
+    weight (0 x NaN), as in eager."""
+    class Model(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q * 1, k * 1, v * 1, is_causal=True)
+
+    q, k, v = (torch.randn(1, 4, seq, 64) for _ in range(3))
+    if nan == "key of the last position":
+        k[0, 1, seq - 1, 5] = float("nan")
+    elif nan == "value of the last position":
+        v[0, 2, seq - 1, 7] = float("nan")
+    report = assert_matches_eager(Model(), q, k, v, options={"min_tile_flops": 1e3, "tiles_per_dse": 2})
+    assert report.tiles_per_op[FLASH] > 1
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_fused_attention_with_fewer_queries_than_keys(causal):
     """Cross-attention shapes: 7 queries over 13 keys, a [queries, keys] mask when not causal."""
