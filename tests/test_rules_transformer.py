@@ -215,13 +215,15 @@ def test_fused_attention_tiles(mask_kind, causal):
 
 
 @pytest.mark.parametrize("head_dim,keys,mask_shape,scale", [
-    (64, 128, (2, 1, 1, 128), None), (80, 130, (2, 4, 9, 130), 0.3), (16, 7, None, None), (96, 33, (9, 33), 2.0)])
+    (64, 128, (2, 1, 1, 128), None), (80, 130, (2, 4, 9, 130), 0.3), (16, 7, None, None), (96, 33, (9, 33), 2.0),
+    (24, 20, (2, 1, 1, 20), None)])
 @pytest.mark.parametrize("nan", ["none", "query row", "key row"])
 def test_attention_kernel_edges(head_dim, keys, mask_shape, scale, nan):
     """Attention tiles (aspen's AVX-512 kernel where the CPU has it, for head dims that are
-    multiples of 16): head dims of 1 to 6 vectors, key counts off the 16-float vector and
-    the 64-key block, masks per batch, per head and per query, a given scale, and NaNs in a
-    query row (that row NaN) or a key row (every row NaN), as in eager."""
+    multiples of 16; ATen's kernel for 24): head dims of 1 to 6 vectors, key counts off the
+    16-float vector and the 64-key block, masks per batch, per head and per query, a given
+    scale, and NaNs in a query row or a key row, with eager's results (ATen's kernel drops a
+    NaN among the last keys % 16 from a row's max, so a row of only such NaNs gives zeros)."""
     class Model(nn.Module):
         def forward(self, q, k, v, mask):
             return F.scaled_dot_product_attention(q * 1, k * 1, v * 1, attn_mask=mask, scale=scale)
