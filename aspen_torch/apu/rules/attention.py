@@ -93,11 +93,11 @@ def lower_flash_attention(node: fx.Node, ctx: LoweringContext):
         # The mask broadcasts to the scores [batch, heads, queries, keys].
         return broadcast_box(box[:3] + ((0, keys),), ref.shape)
 
-    refs = {i: operands.get(i, ctx.ref(args[i])) for i in (QUERY, KEY, VALUE, MASK) if isinstance(args[i], fx.Node)}
     scale = args[SCALE]
     ints = (int(causal), _float64_bits(scale if scale is not None else 0.0), int(scale is not None))
     for box in boxes:
-        inputs = [Region(refs[i], region(i, refs[i], box)) if i in refs else None for i in (QUERY, KEY, VALUE, MASK)]
+        inputs = [Region(operands[i], region(i, operands[i], box)) if i in operands else None
+                  for i in (QUERY, KEY, VALUE, MASK)]
         ctx.add_tile(Tile(TileKind.ATTENTION, Region(out, box), inputs, ints, [], str(node.target), node.name),
                      fusible_for=node)
     return out, None
