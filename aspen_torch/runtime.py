@@ -73,10 +73,11 @@ class SharedRuntime:
         with self._lock:
             if self._runtime is None:
                 return {"num_dses": 0, "tiles_per_dse": [], "tiles_opened_per_dse": [], "parts_taken_per_dse": [],
-                        "dse_cpus": []}
-            run, opened, taken = zip(*self._runtime.dse_counts()) if self._runtime.num_dses else ((), (), ())
-            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": list(run),
-                    "tiles_opened_per_dse": list(opened), "parts_taken_per_dse": list(taken),
+                        "parts_taken_over_per_dse": [], "dse_cpus": []}
+            counts = self._runtime.dse_counts() if self._runtime.num_dses else []
+            run, opened, taken, taken_over = (list(column) for column in zip(*counts)) if counts else ([], [], [], [])
+            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": run, "tiles_opened_per_dse": opened,
+                    "parts_taken_per_dse": taken, "parts_taken_over_per_dse": taken_over,
                     "dse_cpus": list(self._runtime.dse_cpus)}
 
 
@@ -103,9 +104,12 @@ def set_tile_sharing(mode: str) -> None:
     """When a DSE runs a tile that has row parts (linear layers' row blocks) part by part,
     so that idle DSEs can take parts of it: "when_preempted" (default: while the DSE loses
     time to other threads on its core, where a whole tile would hold up every DSE that
-    waits for it), "always" or "never"."""
-    if mode not in ("when_preempted", "always", "never"):
-        raise ValueError(f"aspen: tile sharing is 'when_preempted', 'always' or 'never', got {mode!r}")
+    waits for it), "always" or "never". While a DSE loses its core it computes its parts
+    speculatively, and an idle DSE takes over a part whose DSE is descheduled; for tests,
+    "always_with_backups" does so for every part at once."""
+    if mode not in ("when_preempted", "always", "never", "always_with_backups"):
+        raise ValueError("aspen: tile sharing is 'when_preempted', 'always', 'never' or 'always_with_backups', "
+                         f"got {mode!r}")
     SHARED_RUNTIME.get().tile_sharing = mode
 
 
@@ -113,5 +117,6 @@ def runtime_stats() -> dict:
     """{"num_dses": DSEs now, "tiles_per_dse": tiles each DSE ran since the runtime started,
     "tiles_opened_per_dse": tiles each ran in parts while preempted (set_tile_sharing),
     "parts_taken_per_dse": parts each took from other DSEs' open tiles,
+    "parts_taken_over_per_dse": parts each ran for a DSE descheduled while running them,
     "dse_cpus": the CPUs DSE i is pinned to round-robin, [] when unpinned}."""
     return SHARED_RUNTIME.stats()

@@ -6,7 +6,9 @@ A round serves a fixed mix of requests (--resnet ResNet-50 B1 calls, --bert BERT
 calls) and measures its makespan, either one request after the other from one Python
 thread, or from two Python threads at once (one per model). inductor+freezing runs with
 torch's 2 intra-op threads per call, so two concurrent calls oversubscribe the cores;
-aspen's two compiled models share one pool of 2 DSEs. Modes alternate round by round;
+aspen's two compiled models share one pool of 2 DSEs. inductor+freezing serves with static
+shapes, with dynamic shapes, and with each model's faster of the two (on this host ResNet-50
+static, BERT dynamic: see bench.compile_inductor_freezing). Modes alternate round by round;
 throughput is requests per second of the median makespan.
 """
 from __future__ import annotations
@@ -27,6 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 Call = Callable[[], object]
+
+# Server name -> the bench backend compiling (ResNet-50, BERT).
+SERVERS = {
+    "inductor+freezing": ("inductor+freezing", "inductor+freezing"),
+    bench.INDUCTOR_DYNAMIC: (bench.INDUCTOR_DYNAMIC, bench.INDUCTOR_DYNAMIC),
+    "inductor+freezing, static ResNet + dynamic BERT": ("inductor+freezing", bench.INDUCTOR_DYNAMIC),
+    "aspen": ("aspen", "aspen"),
+}
 
 
 def serve_in_turn(resnet: Call, bert: Call, n_resnet: int, n_bert: int) -> float:
@@ -65,12 +75,13 @@ def main(argv=None) -> int:
     resnet_w, bert_w = bench.resnet50_workload(1), bench.bert_workload(1)
     resnet_model, bert_model = resnet_w.make_model(), bert_w.make_model()
     resnet_inputs, bert_inputs = resnet_w.make_inputs(), bert_w.make_inputs()
-    calls: dict[str, tuple[Call, Call]] = {}
     with torch.no_grad():
-        for backend in ("inductor+freezing", "aspen"):
+        resnet_calls, bert_calls = {}, {}
+        for backend in dict.fromkeys(name for pair in SERVERS.values() for name in pair):
             r, b = bench.BACKENDS[backend](resnet_model), bench.BACKENDS[backend](bert_model)
             r(*resnet_inputs), b(*bert_inputs)
-            calls[backend] = (lambda r=r: r(*resnet_inputs), lambda b=b: b(*bert_inputs))
+            resnet_calls[backend], bert_calls[backend] = (lambda r=r: r(*resnet_inputs)), (lambda b=b: b(*bert_inputs))
+        calls = {server: (resnet_calls[r], bert_calls[b]) for server, (r, b) in SERVERS.items()}
         modes = {(backend, how): (serve, calls[backend]) for backend in calls
                  for how, serve in (("in turn", serve_in_turn), ("two threads", serve_at_once))}
         for serve, (r, b) in modes.values():  # warm up every mode, threads included

@@ -159,13 +159,14 @@ std::vector<TraceTuple> stop_trace(Runtime& runtime) {
   return out;
 }
 
-const char* const kSharingNames[] = {"when_preempted", "always", "never"};
+const char* const kSharingNames[] = {"when_preempted", "always", "never", "always_with_backups"};
 
 void set_tile_sharing(Runtime& runtime, const std::string& name) {
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 4; ++i) {
     if (name == kSharingNames[i]) return runtime.set_tile_sharing(static_cast<TileSharing>(i));
   }
-  TORCH_CHECK(false, "aspen: tile sharing is 'when_preempted', 'always' or 'never', got '", name, "'");
+  TORCH_CHECK(false, "aspen: tile sharing is 'when_preempted', 'always', 'never' or 'always_with_backups', got '",
+              name, "'");
 }
 
 }  // namespace
@@ -190,12 +191,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(
           "dse_counts",
           [](const Runtime& r) {
-            std::vector<std::tuple<int64_t, int64_t, int64_t>> out;
-            for (const auto& c : r.dse_counts()) out.emplace_back(c.tiles_run, c.tiles_opened, c.parts_taken);
+            std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>> out;
+            for (const auto& c : r.dse_counts())
+              out.emplace_back(c.tiles_run, c.tiles_opened, c.parts_taken, c.parts_taken_over);
             return out;
           },
           "Per DSE since the runtime started: (tiles finished, tiles opened to helpers, parts taken from "
-          "other DSEs' open tiles).")
+          "other DSEs' open tiles, parts taken over from DSEs descheduled while running them).")
       .def("run", &run_program, pybind11::arg("program"), pybind11::arg("urgent") = false,
            pybind11::arg("copy_in") = CopyPairs(), pybind11::arg("copy_out") = CopyPairs(),
            "Copies each (source, destination) of copy_in, runs one request of the program, waits for it "
@@ -204,7 +206,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "tile_sharing", [](const Runtime& r) { return kSharingNames[static_cast<int>(r.tile_sharing())]; },
           &set_tile_sharing,
           "When a DSE runs a tile with row parts part by part, so idle DSEs can take parts: "
-          "'when_preempted' (default), 'always' or 'never'.")
+          "'when_preempted' (default), 'always', 'never' or 'always_with_backups' (for tests).")
       .def("start_trace", &Runtime::start_trace)
       .def("stop_trace", &stop_trace,
            "Stops tracing; returns (program, tile, part, label, dse, start_ns, end_ns) per tile or part "

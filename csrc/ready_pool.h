@@ -21,6 +21,7 @@ struct ReadyTile {
   int32_t tile;
   bool urgent = false;  // from a high-priority request
   int32_t part = -1;     // >= 0: only this row part of an open tile (open_tiles.h)
+  bool taken_over = false;  // a part taken over from a descheduled DSE (speculative_parts.h)
 };
 
 class ReadyPool {

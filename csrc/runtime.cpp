@@ -5,9 +5,11 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/_softmax.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,11 +28,35 @@ void pin_aten_to_one_thread() {
   at::set_num_threads(1);
 }
 
+// Runs `spec` between two samples of `meter` if given; returns the error, empty if none.
+std::string try_run_tile(const TileSpec& spec, int index, PreemptionMeter* meter) {
+  if (meter != nullptr) meter->observe();
+  try {
+    run_tile(spec, index);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  if (meter != nullptr) meter->observe();
+  return {};
+}
+
+std::string tile_error(const Request& request, int32_t tile, const std::string& error) {
+  return "aspen: tile " + std::to_string(tile) + " (" + request.program().tile(tile).label + ") failed: " + error;
+}
+
+// A helper looks at a DSE's CPU clock over at least this much wall time before it decides
+// the DSE is descheduled: long enough that a DSE on its core has clearly run, short
+// against the 2-5 ms slices another process takes here.
+constexpr int64_t kTakeOverWindowNs = 50'000;
+
 }  // namespace
 
 Runtime::Runtime(int num_dses)
     : pool_(kMaxDses),
       open_tiles_(kMaxDses),
+      speculative_(kMaxDses),
       counts_(new Counters[kMaxDses]),
       creator_cpus_(current_thread_cpus()),
       traces_(new TraceBuffer[kMaxDses]) {
@@ -60,6 +86,7 @@ void Runtime::set_num_dses(int num_dses) {
     Dse* raw = dse.get();
     dse->thread = std::thread([this, index, raw, &started] {
       pin_aten_to_one_thread();
+      pthread_getcpuclockid(pthread_self(), &raw->cpu_clock);
       started.store(true, std::memory_order_release);
       dse_main(index, raw);
     });
@@ -112,6 +139,7 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program,
     return request;
   }
   TORCH_CHECK(num_dses() > 0, "aspen: the runtime has no DSEs; call set_num_dses(n) with n >= 1");
+  requests_in_flight_.fetch_add(1, std::memory_order_relaxed);
   // Roots are spread over the rows so every DSE starts with work of its own.
   const int rows = std::max(1, num_dses());
   for (int32_t root : p.roots()) {
@@ -127,7 +155,8 @@ std::vector<Runtime::DseCounts> Runtime::dse_counts() const {
   for (int i = 0; i < n; ++i) {
     counts[i] = {counts_[i].tiles_run.load(std::memory_order_relaxed),
                  counts_[i].tiles_opened.load(std::memory_order_relaxed),
-                 counts_[i].parts_taken.load(std::memory_order_relaxed)};
+                 counts_[i].parts_taken.load(std::memory_order_relaxed),
+                 counts_[i].parts_taken_over.load(std::memory_order_relaxed)};
   }
   return counts;
 }
@@ -159,27 +188,63 @@ std::vector<TraceEvent> Runtime::stop_trace() {
   return all;
 }
 
+void Runtime::record_trace(int index, std::shared_ptr<const Program> program, const ReadyTile& item,
+                           int64_t start_ns) {
+  TraceEvent event{std::move(program), item.tile, item.part, index, start_ns, now_ns()};
+  std::lock_guard<std::mutex> lock(traces_[index].mu);
+  traces_[index].events.push_back(std::move(event));
+}
+
 void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec, PreemptionMeter* meter) {
   Request* request = item.request;
   if (request->failed()) return;
   const bool tracing = tracing_.load(std::memory_order_relaxed);
   const int64_t start = tracing ? now_ns() : 0;
-  if (meter != nullptr) meter->observe();
-  try {
-    run_tile(spec, index);
-    if (meter != nullptr) meter->observe();
-    if (tracing) {
-      TraceEvent event{request->program_ptr(), item.tile, item.part, index, start, now_ns()};
-      std::lock_guard<std::mutex> lock(traces_[index].mu);
-      traces_[index].events.push_back(std::move(event));
-    }
-  } catch (const c10::Error& e) {
-    request->fail("aspen: tile " + std::to_string(item.tile) + " (" + request->program().tile(item.tile).label +
-                  ") failed: " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    request->fail("aspen: tile " + std::to_string(item.tile) + " (" + request->program().tile(item.tile).label +
-                  ") failed: " + e.what());
+  const std::string error = try_run_tile(spec, index, meter);
+  if (!error.empty()) {
+    request->fail(tile_error(*request, item.tile, error));
+  } else if (tracing) {
+    record_trace(index, request->program_ptr(), item, start);
   }
+}
+
+bool Runtime::run_part(int index, Dse* self, const ReadyTile& piece, const TileSpec& tile) {
+  const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
+  const bool losing_core = sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently();
+  if (!piece.taken_over && (losing_core || sharing == TileSharing::kAlwaysWithBackups))
+    return run_speculative_part(index, self, piece, tile);
+  run_kernel(index, piece, tile_part(tile, piece.part), &self->meter);
+  return true;
+}
+
+bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece, const TileSpec& tile) {
+  Request* request = piece.request;
+  if (request->failed()) return true;
+  TileSpec spec = tile_part(tile, piece.part);
+  const at::Tensor out = spec.tensors[0];
+  // A kernel reads its output's old values only through operands (a residual it adds to),
+  // which stay as they are until the part commits, so scratch gets the same values. The
+  // part's views keep its buffers alive should a helper take it over and the request end.
+  spec.tensors[0] = at::empty(out.sizes(), out.options().memory_format(out.suggest_memory_format()));
+  const bool tracing = tracing_.load(std::memory_order_relaxed);
+  std::shared_ptr<const Program> program = tracing ? request->program_ptr() : nullptr;
+  const int64_t start = tracing ? now_ns() : 0;
+  speculative_.start(index, self->cpu_clock, piece);
+  std::string error = try_run_tile(spec, index, &self->meter);
+  if (!speculative_.commit(index)) return false;
+  if (error.empty()) {
+    try {
+      out.copy_(spec.tensors[0]);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  if (!error.empty()) {
+    request->fail(tile_error(*request, piece.tile, error));
+  } else if (tracing) {
+    record_trace(index, std::move(program), piece, start);
+  }
+  return true;
 }
 
 ReadyTile Runtime::complete_tile(int index, const ReadyTile& item) {
@@ -197,7 +262,10 @@ ReadyTile Runtime::complete_tile(int index, const ReadyTile& item) {
     }
   }
   // Nothing touches `request` after its last tile finishes: the waiter may free it.
-  if (request->finish_tile()) request->mark_done();
+  if (request->finish_tile()) {
+    requests_in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    request->mark_done();
+  }
   return next;
 }
 
@@ -213,27 +281,28 @@ ReadyTile Runtime::run_open_tile(int index, Dse* self, const ReadyTile& item) {
   for (int32_t part; (part = open_tiles_.claim_front(index)) >= 0;) {
     ReadyTile piece = item;
     piece.part = part;
-    run_kernel(index, piece, tile_part(tile, part), &self->meter);
-    if (item.request->finish_part(item.tile)) next = complete_tile(index, item);
+    if (run_part(index, self, piece, tile) && item.request->finish_part(item.tile)) next = complete_tile(index, item);
   }
   return next;
 }
 
 ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
   const TileSpec& tile = item.request->program().tile(item.tile);
-  if (item.part >= 0) {  // a part taken from another DSE's open tile
-    counts_[index].parts_taken.fetch_add(1, std::memory_order_relaxed);
-    run_kernel(index, item, tile_part(tile, item.part), &self->meter);
-    if (!item.request->finish_part(item.tile)) return ReadyTile{nullptr, -1, false};
-    item.part = -1;
-    return complete_tile(index, item);
+  if (item.part >= 0) {  // a part taken from another DSE's open tile, or taken over
+    (item.taken_over ? counts_[index].parts_taken_over : counts_[index].parts_taken)
+        .fetch_add(1, std::memory_order_relaxed);
+    if (!run_part(index, self, item, tile) || !item.request->finish_part(item.tile))
+      return ReadyTile{nullptr, -1, false};
+    return complete_tile(index, ReadyTile{item.request, item.tile, item.urgent});
   }
   if (tile.parts > 1) {
     const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
-    if (sharing == TileSharing::kAlways ||
-        (sharing == TileSharing::kWhenPreempted && pool_.looks_empty() && self->meter.preempted_recently())) {
+    // A DSE losing its core opens its tiles even when other work is ready: a whole tile it
+    // is descheduled in can only be waited for, an open one's parts can be taken over.
+    const bool losing_core = sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently();
+    if (losing_core) last_preempted_open_ns_.store(now_ns(), std::memory_order_relaxed);
+    if (losing_core || sharing == TileSharing::kAlways || sharing == TileSharing::kAlwaysWithBackups)
       return run_open_tile(index, self, item);
-    }
   }
   // Only tiles that could be opened are timed: the meter needs two clock reads.
   run_kernel(index, item, tile, tile.parts > 1 ? &self->meter : nullptr);
@@ -245,6 +314,14 @@ ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
 // ResNet-50 B1: one DSE ran the first 5 ms of every call alone), longer than a whole
 // ResNet-50 layer; polling bridges the gaps between a caller's requests and between tiles.
 constexpr std::chrono::microseconds kSpinBeforeSleep{2000};
+
+// While a request is in flight and a DSE opened a tile for being preempted this recently,
+// idle DSEs poll without a deadline: a DSE descheduled in a whole tile holds the others
+// for a slice of another process (2-5 ms here), after which a sleeping DSE would not take
+// over its next part for as long again. Quiet, and where no tile has parts (ResNet-50,
+// whose DSE on a loaded core did better sleeping: woken, it preempts the other process,
+// while polling it waits out its slice), DSEs sleep as before.
+constexpr int64_t kInterferenceMemoryNs = 100'000'000;
 
 void Runtime::dse_main(int index, Dse* self) {
   c10::InferenceMode inference_mode;
@@ -265,20 +342,40 @@ void Runtime::dse_main(int index, Dse* self) {
   }
 }
 
+bool Runtime::keep_polling() const {
+  if (requests_in_flight_.load(std::memory_order_relaxed) == 0) return false;
+  const int64_t last = last_preempted_open_ns_.load(std::memory_order_relaxed);
+  return last >= 0 && now_ns() - last < kInterferenceMemoryNs;
+}
+
 bool Runtime::find_work(int index, Dse* self, ReadyTile* out) {
   const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
   for (bool first = true; !self->stop.load(std::memory_order_relaxed); first = false) {
     const uint64_t signals = pool_.signals();
-    // Whole tiles first: a part of an open tile is the smaller, costlier piece of work.
-    if (pool_.try_pop(index, out) || open_tiles_.claim_back(index, pool_.rows_used(), out)) return true;
+    // Whole tiles first: a part of an open tile is the smaller, costlier piece of work; a
+    // part taken over is run twice.
+    const int rows = pool_.rows_used();
+    const int64_t window =
+        sharing_.load(std::memory_order_relaxed) == TileSharing::kAlwaysWithBackups ? 0 : kTakeOverWindowNs;
+    if (pool_.try_pop(index, out) || open_tiles_.claim_back(index, rows, out) ||
+        speculative_.take_over(index, rows, window, out)) {
+      return true;
+    }
     if (first) self->meter.forget();
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (!keep_polling() && std::chrono::steady_clock::now() >= deadline) {
       pool_.wait_for_work(self->stop, signals);
       return false;
     }
-    // Yield rather than pause: a runnable thread on this core (the caller waiting for
-    // its result, another process) gets it at once.
-    std::this_thread::yield();
+    // Quiet, yield rather than pause: a runnable thread on this core (the caller waiting
+    // for its result) gets it at once. Losing its core to another process, a DSE that
+    // yielded would hand it the rest of its share (BERT-base B1 beside a busy loop: the DSE
+    // ran 15-24 ms of a 90 ms call yielding, ~40 ms of 78 pausing); what it is then
+    // descheduled in is taken over.
+    if (self->meter.preempted_recently()) {
+      for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+    } else {
+      std::this_thread::yield();
+    }
   }
   return false;
 }

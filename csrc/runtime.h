@@ -7,6 +7,7 @@
 #include "preemption_meter.h"
 #include "ready_pool.h"
 #include "request.h"
+#include "speculative_parts.h"
 
 #include <atomic>
 #include <memory>
@@ -31,6 +32,9 @@ enum class TileSharing : int32_t {
   kWhenPreempted = 0,  // while the DSE loses time to other threads on its core (the default)
   kAlways = 1,
   kNever = 2,
+  // For tests: every tile with parts opens, every part runs speculatively and idle DSEs take
+  // parts over at once, so commits and take-overs race as often as possible.
+  kAlwaysWithBackups = 3,
 };
 
 class Runtime {
@@ -60,6 +64,7 @@ class Runtime {
     int64_t tiles_run;     // tiles it finished (the last part, for a tile run in parts)
     int64_t tiles_opened;  // tiles it ran in parts while letting others take some
     int64_t parts_taken;   // parts it took from other DSEs' open tiles
+    int64_t parts_taken_over;  // parts it ran for a DSE that was descheduled running them
   };
   std::vector<DseCounts> dse_counts() const;
 
@@ -80,17 +85,23 @@ class Runtime {
     std::atomic<int64_t> tiles_run{0};
     std::atomic<int64_t> tiles_opened{0};
     std::atomic<int64_t> parts_taken{0};
+    std::atomic<int64_t> parts_taken_over{0};
   };
 
   struct Dse {
     std::thread thread;
     std::atomic<bool> stop{false};
-    PreemptionMeter meter;  // only this DSE's thread uses it
+    // Only this DSE's thread uses these; other DSEs read its CPU clock (set as it starts)
+    // through the speculative part it records.
+    PreemptionMeter meter;
+    clockid_t cpu_clock = CLOCK_THREAD_CPUTIME_ID;
   };
 
   void dse_main(int index, Dse* self);
   // Polls the pool and the open tiles for a while, then sleeps; false when nothing came.
   bool find_work(int index, Dse* self, ReadyTile* out);
+  // Whether idle DSEs poll past kSpinBeforeSleep (runtime.cpp).
+  bool keep_polling() const;
   // Applies dse_cpus_ to DSE `index`; false if the OS refused. The caller holds resize_mu_.
   bool apply_cpus(int index);
   // Runs one tile, or one part of an open tile, and releases the children of the tile it
@@ -98,14 +109,21 @@ class Runtime {
   ReadyTile execute_and_release(int index, Dse* self, ReadyTile item);
   // Runs the tile's parts from the front while idle DSEs take them from the back.
   ReadyTile run_open_tile(int index, Dse* self, const ReadyTile& item);
+  // Runs part `piece.part` of `tile`, speculatively while this DSE is losing its core;
+  // false if another DSE took the part over, after which neither the request nor the tile
+  // may be touched.
+  bool run_part(int index, Dse* self, const ReadyTile& piece, const TileSpec& tile);
+  bool run_speculative_part(int index, Dse* self, const ReadyTile& piece, const TileSpec& tile);
   // Runs `spec` (the tile or one of its parts) unless the request failed, between two
   // samples of `meter` if given. Any error fails the request.
   void run_kernel(int index, const ReadyTile& item, const TileSpec& spec, PreemptionMeter* meter);
+  void record_trace(int index, std::shared_ptr<const Program> program, const ReadyTile& item, int64_t start_ns);
   // Releases the finished tile's children and counts it done.
   ReadyTile complete_tile(int index, const ReadyTile& item);
 
   ReadyPool pool_;
   OpenTiles open_tiles_;
+  SpeculativeParts speculative_;
   std::atomic<TileSharing> sharing_{TileSharing::kWhenPreempted};
   std::unique_ptr<Counters[]> counts_;
   mutable std::mutex resize_mu_;
@@ -113,6 +131,8 @@ class Runtime {
   std::vector<int> dse_cpus_;               // guarded by resize_mu_
   const std::vector<int> creator_cpus_;
   std::atomic<uint32_t> next_root_row_{0};
+  std::atomic<int64_t> requests_in_flight_{0};       // submitted, not yet done
+  std::atomic<int64_t> last_preempted_open_ns_{-1};  // when a DSE last opened a tile for being preempted
   std::atomic<bool> tracing_{false};
   std::unique_ptr<TraceBuffer[]> traces_;
 };

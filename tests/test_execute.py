@@ -133,7 +133,8 @@ def test_runtime_stats_and_set_num_dses():
         compile_strict(model, num_dses=2)(torch.randn(4, 3, 32, 32))
     stats = aspen_torch.runtime_stats()
     assert stats["num_dses"] == 2
-    assert len(stats["tiles_per_dse"]) == len(stats["tiles_opened_per_dse"]) == len(stats["parts_taken_per_dse"]) == 2
+    per_dse = ("tiles_per_dse", "tiles_opened_per_dse", "parts_taken_per_dse", "parts_taken_over_per_dse")
+    assert [len(stats[key]) for key in per_dse] == [2] * len(per_dse)
     aspen_torch.set_num_dses(3)
     assert aspen_torch.runtime_stats()["num_dses"] == 3
     with pytest.raises(ValueError):

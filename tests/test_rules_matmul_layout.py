@@ -60,15 +60,17 @@ class _ResidualMlp(nn.Module):
         return x + F.linear(F.gelu(self.fc1(x)), w2, self.fc2.bias)
 
 
+@pytest.mark.parametrize("sharing", ["always", "always_with_backups"])
 @pytest.mark.parametrize("frozen_weights", [True, False])
-def test_linear_row_parts_match_eager(frozen_weights):
+def test_linear_row_parts_match_eager(frozen_weights, sharing):
     """Linear tiles run part by part, as a preempted DSE runs them while idle DSEs take
-    parts, with the activation and the residual add fused: the values of eager."""
+    parts (with backups: computed into scratch and committed, or taken over), with the
+    activation and the residual add fused: the values of eager."""
     x = torch.randn(2, 70, 96)
     x[1, 3, 5] = float("nan")
     previous = SHARED_RUNTIME.get().tile_sharing
     opened_before = sum(aspen_torch.runtime_stats()["tiles_opened_per_dse"])
-    aspen_torch.set_tile_sharing("always")
+    aspen_torch.set_tile_sharing(sharing)
     try:
         with aspen_torch.trace() as recorded:
             assert_matches_eager(_ResidualMlp(frozen_weights).eval(), x, options={"min_tile_flops": 1e5})

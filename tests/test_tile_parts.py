@@ -1,7 +1,8 @@
 """Row parts of open tiles: a DSE runs a tile part by part from the front while idle DSEs
 take parts from the back (csrc/open_tiles.h); the last part to finish releases the tile's
-children. Random DAGs of tiles with parts, resizing, failing parts, bad parts, and the
-preemption meter that opens tiles by default."""
+children. A DSE losing its core runs its parts speculatively and idle DSEs take over the
+parts of a descheduled one (csrc/speculative_parts.h). Random DAGs of tiles with parts,
+resizing, failing parts, bad parts, and the preemption meter that opens tiles by default."""
 from __future__ import annotations
 
 import os
@@ -43,21 +44,27 @@ def sum_dag_program(rng: random.Random, num_tiles: int):
     return _C.make_program(tiles, edges), buffers, expected
 
 
+@pytest.mark.parametrize("sharing", ["always", "always_with_backups"])
 @pytest.mark.parametrize("num_dses", [1, 2, 4])
-def test_random_dags_of_parted_tiles_match_whole_runs(num_dses):
+def test_random_dags_of_parted_tiles_match_whole_runs(num_dses, sharing):
+    # With backups every part is computed into scratch and committed, or taken over and
+    # run again by an idle DSE: each part's values must come out once, exactly.
     rng = random.Random(num_dses)
     runtime = _C.Runtime(num_dses)
-    runtime.tile_sharing = "always"
+    runtime.tile_sharing = sharing
     for _ in range(200):
         program, buffers, expected = sum_dag_program(rng, rng.randint(1, 20))
         runtime.run(program)
         for got, want in zip(buffers, expected):
             assert torch.equal(got, want)
+    if sharing == "always_with_backups" and num_dses > 1:
+        assert sum(taken_over for *_, taken_over in runtime.dse_counts()) > 0
 
 
-def test_parts_run_while_dses_come_and_go_and_requests_overlap():
+@pytest.mark.parametrize("sharing", ["always", "always_with_backups"])
+def test_parts_run_while_dses_come_and_go_and_requests_overlap(sharing):
     runtime = _C.Runtime(1)
-    runtime.tile_sharing = "always"
+    runtime.tile_sharing = sharing
     stop, errors = threading.Event(), []
 
     def client(seed: int) -> None:
@@ -102,13 +109,14 @@ def test_idle_dses_take_parts_of_an_open_tile():
     else:
         pytest.fail("no second DSE ever took a part of the open tile")
     counts = runtime.dse_counts()
-    assert sum(run for run, _, _ in counts) == calls and sum(opened for _, opened, _ in counts) == calls
-    assert sum(taken for _, _, taken in counts) > 0
+    assert sum(run for run, *_ in counts) == calls and sum(opened for _, opened, *_ in counts) == calls
+    assert sum(taken for _, _, taken, _ in counts) > 0
 
 
-def test_a_failing_part_fails_that_request_only():
+@pytest.mark.parametrize("sharing", ["always", "always_with_backups"])
+def test_a_failing_part_fails_that_request_only(sharing):
     runtime = _C.Runtime(2)
-    runtime.tile_sharing = "always"
+    runtime.tile_sharing = sharing
     out, x, bad_weight = torch.zeros(32, 4), torch.randn(32, 5), torch.randn(6, 4)
     program = _C.make_program([(LINEAR, [out, x, bad_weight, None], [], [], "aten.bad_mm", None,
                                 (4, [0, 0, -1, -1]))], [])
@@ -139,9 +147,9 @@ def test_bad_parts_are_rejected():
         linear(2, [-1, 0, -1, -1])
     with pytest.raises(RuntimeError, match="cannot be cut into parts"):
         linear(2, [0, 0, -1, -1], kind=int(TileKind.MEAN))
-    with pytest.raises(RuntimeError, match="'when_preempted', 'always' or 'never'"):
+    with pytest.raises(RuntimeError, match="'when_preempted', 'always', 'never' or 'always_with_backups'"):
         _C.Runtime(1).tile_sharing = "sometimes"
-    with pytest.raises(ValueError, match="'when_preempted', 'always' or 'never'"):
+    with pytest.raises(ValueError, match="'when_preempted', 'always', 'never' or 'always_with_backups'"):
         aspen_torch.set_tile_sharing("sometimes")
 
 
@@ -163,3 +171,24 @@ def test_dses_sharing_one_cpu_open_their_tiles():
         if any(part >= 0 for _, _, part, *_ in events):
             return
     pytest.fail("DSEs that share a CPU never opened a tile")
+
+
+def test_a_dse_sharing_its_cpu_has_parts_taken_over():
+    # Two DSEs on one CPU: the one that loses the CPU in the middle of a part (computed
+    # speculatively, since the meter saw it preempted) is seen standing still by the other,
+    # which runs the part again into the output; the late result is dropped.
+    runtime = _C.Runtime(2)
+    runtime.set_dse_cpus([min(os.sched_getaffinity(0))])
+    x, w = torch.randn(256, 512), torch.randn(512, 512)
+    expected = x @ w
+    outs = [torch.empty(256, 512) for _ in range(16)]
+    program = _C.make_program([(LINEAR, [o, x, w, None], [], [], "mm", None, (8, [0, 0, -1, -1])) for o in outs],
+                              [(i, i + 2) for i in range(14)])
+    for _ in range(100):
+        for o in outs:
+            o.fill_(float("nan"))
+        runtime.run(program)
+        assert all(torch.allclose(o, expected, rtol=1e-4, atol=1e-3) for o in outs)
+        if sum(taken_over for *_, taken_over in runtime.dse_counts()) > 0:
+            return
+    pytest.fail("no part of a descheduled DSE was ever taken over")
