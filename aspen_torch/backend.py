@@ -1,4 +1,4 @@
-"""The torch.compile backend: orchestrates capture -> partition -> APU lowering -> plan -> execution."""
+"""The torch.compile backend: orchestrates capture -> rewrite -> partition -> APU lowering -> plan -> execution."""
 from __future__ import annotations
 
 import collections
@@ -20,6 +20,7 @@ from .options import AspenOptions
 from .partition import partition
 from .plan import plan
 from .report import CompileReport
+from .rewrite import recompose_activations
 from .runtime import SHARED_RUNTIME
 
 log = logging.getLogger("aspen_torch")
@@ -29,7 +30,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
                      packs: PackedWeights) -> Callable:
     runtime = SHARED_RUNTIME.get(options.num_dses)
     policy = TilePolicy(runtime.num_dses, options.tiles_per_dse, options.min_tile_flops)
-    partitioned = partition(captured, options.strict)
+    partitioned = partition(recompose_activations(captured), options.strict)
     report.num_graphs += 1
     report.fallback_ops.update(partitioned.fallback_ops)
     for part in partitioned.partitions:
