@@ -29,7 +29,7 @@ import bench  # noqa: E402
 import aspen_torch  # noqa: E402
 
 FREEZING_BASELINES = ("inductor+freezing", bench.INDUCTOR_DYNAMIC)
-BACKENDS = ("eager", *FREEZING_BASELINES, "aspen")
+BACKEND_NAMES = ("eager", *FREEZING_BASELINES, "aspen")
 SHORT_NAMES = {"inductor+freezing": "ind+frz", bench.INDUCTOR_DYNAMIC: "ind+frz+dyn"}
 
 LOADS = {
@@ -60,7 +60,7 @@ def main() -> int:
         torch._dynamo.reset()  # as in bench.run_workload: keep the static baseline static
         model, inputs = workload.make_model(), workload.make_inputs()
         with torch.no_grad():
-            fns = {name: bench.BACKENDS[name](model) for name in BACKENDS}
+            fns = {name: bench.BACKENDS[name](model) for name in BACKEND_NAMES}
             for fn in fns.values():
                 fn(*inputs)
             for load, command in LOADS.items():
@@ -92,7 +92,7 @@ def main() -> int:
                             [f"{best_freezing_2t / aspen2:.2f}x", f"{best_baseline / aspen2:.2f}x"])
     print(f"medians of {args.runs} interleaved runs, ms; {SHORT_NAMES[bench.INDUCTOR_DYNAMIC]}: dynamic shapes")
     print(tabulate(rows, headers=["workload", "load"] +
-                   [column_name(n, t) for n in BACKENDS for t in (1, 2)] +
+                   [column_name(n, t) for n in BACKEND_NAMES for t in (1, 2)] +
                    ["aspen(2) vs best ind+frz(2T)", "aspen(2) vs best"]))
     return 0
 
