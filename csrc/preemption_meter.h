@@ -2,8 +2,9 @@
 // thread's CPU time while it had work. A DSE preempted recently opens its tiles to helpers.
 #pragma once
 
+#include "clock_ns.h"
+
 #include <cstdint>
-#include <ctime>
 
 namespace aspen {
 
@@ -37,12 +38,6 @@ class PreemptionMeter {
   }
 
  private:
-  static int64_t clock_ns(clockid_t clock) {
-    timespec t{};
-    clock_gettime(clock, &t);
-    return t.tv_sec * 1000000000LL + t.tv_nsec;
-  }
-
   // Interrupts and page faults cost microseconds; another process's time slice 2-5 ms here.
   static constexpr int64_t kLostNs = 300'000;
   static constexpr int64_t kRememberNs = 100'000'000;

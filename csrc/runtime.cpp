@@ -46,6 +46,18 @@ std::string tile_error(const Request& request, int32_t tile, const std::string& 
   return "aspen: tile " + std::to_string(tile) + " (" + request.program().tile(tile).label + ") failed: " + error;
 }
 
+// Waits a moment (~1 us) without giving up the core. x86's pause is a GCC builtin there
+// only; elsewhere aarch64's yield hint, or nothing but the loop around it.
+void pause_briefly() {
+  for (int i = 0; i < 64; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+}
+
 // A helper looks at a DSE's CPU clock over at least this much wall time before it decides
 // the DSE is descheduled: long enough that a DSE on its core has clearly run, short
 // against the 2-5 ms slices another process takes here.
@@ -208,11 +220,13 @@ void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec,
   }
 }
 
+bool Runtime::losing_core(const Dse* self) const {
+  return sharing_.load(std::memory_order_relaxed) == TileSharing::kWhenPreempted && self->meter.preempted_recently();
+}
+
 bool Runtime::run_part(int index, Dse* self, const ReadyTile& piece, const TileSpec& tile) {
-  const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
-  const bool losing_core = sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently();
-  if (!piece.taken_over && (losing_core || sharing == TileSharing::kAlwaysWithBackups))
-    return run_speculative_part(index, self, piece, tile);
+  const bool always = sharing_.load(std::memory_order_relaxed) == TileSharing::kAlwaysWithBackups;
+  if (!piece.taken_over && (always || losing_core(self))) return run_speculative_part(index, self, piece, tile);
   run_kernel(index, piece, tile_part(tile, piece.part), &self->meter);
   return true;
 }
@@ -299,9 +313,9 @@ ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
     const TileSharing sharing = sharing_.load(std::memory_order_relaxed);
     // A DSE losing its core opens its tiles even when other work is ready: a whole tile it
     // is descheduled in can only be waited for, an open one's parts can be taken over.
-    const bool losing_core = sharing == TileSharing::kWhenPreempted && self->meter.preempted_recently();
-    if (losing_core) last_preempted_open_ns_.store(now_ns(), std::memory_order_relaxed);
-    if (losing_core || sharing == TileSharing::kAlways || sharing == TileSharing::kAlwaysWithBackups)
+    const bool preempted = losing_core(self);
+    if (preempted) last_preempted_open_ns_.store(now_ns(), std::memory_order_relaxed);
+    if (preempted || sharing == TileSharing::kAlways || sharing == TileSharing::kAlwaysWithBackups)
       return run_open_tile(index, self, item);
   }
   // Only tiles that could be opened are timed: the meter needs two clock reads.
@@ -372,7 +386,7 @@ bool Runtime::find_work(int index, Dse* self, ReadyTile* out) {
     // ran 15-24 ms of a 90 ms call yielding, ~40 ms of 78 pausing); what it is then
     // descheduled in is taken over.
     if (self->meter.preempted_recently()) {
-      for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+      pause_briefly();
     } else {
       std::this_thread::yield();
     }

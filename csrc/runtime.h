@@ -109,6 +109,8 @@ class Runtime {
   ReadyTile execute_and_release(int index, Dse* self, ReadyTile item);
   // Runs the tile's parts from the front while idle DSEs take them from the back.
   ReadyTile run_open_tile(int index, Dse* self, const ReadyTile& item);
+  // Whether the default sharing mode sees `self` losing its core to other threads.
+  bool losing_core(const Dse* self) const;
   // Runs part `piece.part` of `tile`, speculatively while this DSE is losing its core;
   // false if another DSE took the part over, after which neither the request nor the tile
   // may be touched.

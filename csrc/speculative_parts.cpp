@@ -1,15 +1,8 @@
 #include "speculative_parts.h"
 
+#include "clock_ns.h"
+
 namespace aspen {
-namespace {
-
-int64_t clock_ns(clockid_t clock) {
-  timespec t{};
-  clock_gettime(clock, &t);
-  return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-}  // namespace
 
 SpeculativeParts::SpeculativeParts(int max_dses) : records_(new Record[max_dses]) {}
 
