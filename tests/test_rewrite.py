@@ -1,9 +1,11 @@
-"""Rewrites of the captured aten graph: GPT-2's gelu_new, written out with pow and tanh,
-becomes aten.gelu(approximate="tanh"), fused into the linear before it; near misses stay."""
+"""Rewrites of the captured aten graph: the tanh GELU written out op by op (GPT-2's gelu_new,
+transformers' FastGELU, BLOOM's) becomes aten.gelu(approximate="tanh"), fused into the linear
+before it; near misses stay."""
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,24 +23,45 @@ def gelu_new(x: torch.Tensor, cube_coefficient: float = 0.044715) -> torch.Tenso
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + cube_coefficient * torch.pow(x, 3.0))))
 
 
+def fast_gelu(x: torch.Tensor, square_coefficient: float = 0.044715) -> torch.Tensor:
+    """transformers' FastGELUActivation ("gelu_fast")."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + square_coefficient * x * x)))
+
+
+def bloom_gelu(x: torch.Tensor) -> torch.Tensor:
+    """BLOOM's bias GELU (transformers' bloom_gelu_forward): sqrt(2/pi) cut to 8 digits."""
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+TANH_GELUS = [gelu_new, fast_gelu, bloom_gelu]
+
+
 def rewritten_targets(fn, *inputs) -> list:
     captured = recompose_activations(CapturedGraph(make_fx(fn)(*inputs), {}))
     return [n.target for n in captured.graph_module.graph.nodes if n.op == "call_function"]
 
 
-def test_gelu_new_becomes_one_tanh_gelu():
-    targets = rewritten_targets(lambda x: gelu_new(x) + 1, torch.randn(4, 8))
+@pytest.mark.parametrize("written_out", TANH_GELUS, ids=lambda f: f.__name__)
+def test_written_out_tanh_gelu_becomes_one_aten_gelu(written_out):
+    x = torch.randn(4, 8)
+    targets = rewritten_targets(lambda x: written_out(x) + 1, x)
     assert targets == [aten.gelu.default, aten.add.Tensor]
+    torch.testing.assert_close(F.gelu(x, approximate="tanh"), written_out(x), rtol=1e-6, atol=1e-6)
 
 
 def test_near_misses_stay_as_written():
     x = torch.randn(4, 8)
     assert aten.gelu.default not in rewritten_targets(lambda x: gelu_new(x, cube_coefficient=0.05), x)
+    assert aten.gelu.default not in rewritten_targets(lambda x: fast_gelu(x, square_coefficient=0.05), x)
     assert aten.gelu.default not in rewritten_targets(lambda x: gelu_new(x).double(), x.double())
     # y in place of one of the x's: not a GELU of anything.
     assert aten.gelu.default not in rewritten_targets(
         lambda x, y: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * torch.pow(x, 3.0)))),
         x, torch.randn(4, 8))
+    assert aten.gelu.default not in rewritten_targets(
+        lambda x, y: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * y))), x, torch.randn(4, 8))
+    assert aten.gelu.default not in rewritten_targets(
+        lambda x, y: 0.5 * x * (1.0 + torch.tanh(y * 0.7978845608 * (1.0 + 0.044715 * x * x))), x, torch.randn(4, 8))
 
 
 def test_intermediates_used_elsewhere_are_kept():
@@ -54,18 +77,20 @@ def test_intermediates_used_elsewhere_are_kept():
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-class Gpt2Mlp(nn.Module):
-    def __init__(self):
+class Mlp(nn.Module):
+    """A transformer's MLP block (GPT-2's, BLOOM's) with its activation written out."""
+
+    def __init__(self, activation):
         super().__init__()
-        self.up, self.down = nn.Linear(64, 256), nn.Linear(256, 64)
+        self.up, self.down, self.activation = nn.Linear(64, 256), nn.Linear(256, 64), activation
 
     def forward(self, x):
-        return x + self.down(gelu_new(self.up(x)))
+        return x + self.down(self.activation(self.up(x)))
 
 
-def test_gpt2_mlp_matches_eager_with_its_gelu_fused_into_the_linear():
+@pytest.mark.parametrize("written_out", TANH_GELUS, ids=lambda f: f.__name__)
+def test_mlp_matches_eager_with_its_gelu_fused_into_the_linear(written_out):
     x = torch.randn(2, 40, 64)
     x[0, 1, 2] = float("nan")
-    report = assert_matches_eager(Gpt2Mlp().eval(), x)
+    report = assert_matches_eager(Mlp(written_out).eval(), x)
     assert set(report.tiles_per_op) <= {"aten.addmm.default", "aten.gelu.default"}, report.tiles_per_op
-    torch.testing.assert_close(F.gelu(x, approximate="tanh"), gelu_new(x), rtol=1e-6, atol=1e-6, equal_nan=True)
