@@ -136,26 +136,29 @@ ASPEN_AVX512 __attribute__((always_inline)) inline void value_block(const Head& 
   }
 }
 
-template <int R>
-ASPEN_AVX512 void score_rows(const Head& h, int64_t i) {
-  for (int64_t j0 = 0; j0 < h.padded_keys; j0 += 16 * kVectors) {
-    switch (std::min<int64_t>(kVectors, (h.padded_keys - j0) / 16)) {
-      case 4: score_block<R, 4>(h, i, j0); break;
-      case 3: score_block<R, 3>(h, i, j0); break;
-      case 2: score_block<R, 2>(h, i, j0); break;
-      default: score_block<R, 1>(h, i, j0); break;
-    }
+// One product for R query rows, kVectors vectors of 16 columns (keys for Q K^T into p, value columns
+// for P V into out) at a time, the last block narrower.
+enum class Product { kScores, kValues };
+
+template <int R, int V, Product kProduct>
+ASPEN_AVX512 __attribute__((always_inline)) inline void product_block(const Head& h, int64_t i, int64_t c0,
+                                                                      const float* inv) {
+  if constexpr (kProduct == Product::kScores) {
+    score_block<R, V>(h, i, c0);
+  } else {
+    value_block<R, V>(h, i, c0, inv);
   }
 }
 
-template <int R>
-ASPEN_AVX512 void value_rows(const Head& h, int64_t i, const float* inv) {
-  for (int64_t d0 = 0; d0 < h.value_dim; d0 += 16 * kVectors) {
-    switch (std::min<int64_t>(kVectors, (h.value_dim - d0) / 16)) {
-      case 4: value_block<R, 4>(h, i, d0, inv); break;
-      case 3: value_block<R, 3>(h, i, d0, inv); break;
-      case 2: value_block<R, 2>(h, i, d0, inv); break;
-      default: value_block<R, 1>(h, i, d0, inv); break;
+template <int R, Product kProduct>
+ASPEN_AVX512 void product_rows(const Head& h, int64_t i, const float* inv) {
+  const int64_t columns = kProduct == Product::kScores ? h.padded_keys : h.value_dim;
+  for (int64_t c0 = 0; c0 < columns; c0 += 16 * kVectors) {
+    switch (std::min<int64_t>(kVectors, (columns - c0) / 16)) {
+      case 4: product_block<R, 4, kProduct>(h, i, c0, inv); break;
+      case 3: product_block<R, 3, kProduct>(h, i, c0, inv); break;
+      case 2: product_block<R, 2, kProduct>(h, i, c0, inv); break;
+      default: product_block<R, 1, kProduct>(h, i, c0, inv); break;
     }
   }
 }
@@ -204,9 +207,9 @@ ASPEN_AVX512 void softmax_rows(const Head& h, int rows, float* inv) {
 template <int R>
 ASPEN_AVX512 void attend_rows(const Head& h, int64_t i) {
   float inv[R];
-  score_rows<R>(h, i);
+  product_rows<R, Product::kScores>(h, i, nullptr);
   softmax_rows(h, R, inv);
-  value_rows<R>(h, i, inv);
+  product_rows<R, Product::kValues>(h, i, inv);
 }
 
 ASPEN_AVX512 void attend_head(const Head& h, int64_t queries) {
