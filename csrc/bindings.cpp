@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include <iterator>
 #include <optional>
 #include <tuple>
 
@@ -162,7 +163,7 @@ std::vector<TraceTuple> stop_trace(Runtime& runtime) {
 const char* const kSharingNames[] = {"when_preempted", "always", "never", "always_with_backups"};
 
 void set_tile_sharing(Runtime& runtime, const std::string& name) {
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < static_cast<int>(std::size(kSharingNames)); ++i) {
     if (name == kSharingNames[i]) return runtime.set_tile_sharing(static_cast<TileSharing>(i));
   }
   TORCH_CHECK(false, "aspen: tile sharing is 'when_preempted', 'always', 'never' or 'always_with_backups', got '",

@@ -32,8 +32,6 @@ class ReadyPool {
   // a request's root goes to the front, so work already under way is finished first
   // and new requests cannot starve old ones.
   void push(int row, ReadyTile item, bool root = false);
-  // Whether no tile is waiting (a relaxed hint).
-  bool looks_empty() const { return size_.load(std::memory_order_relaxed) == 0; }
   // Whether tiles of a high-priority request are waiting (a relaxed hint).
   bool has_urgent() const { return urgent_size_.load(std::memory_order_relaxed) > 0; }
   // Own row first, then the other rows; false when the pool looked empty.
