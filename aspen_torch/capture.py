@@ -52,7 +52,8 @@ class FrozenInputsGuard:
     while aspen bakes weights into its plans; so every call checks that the frozen inputs
     are the tensors, at the versions and over the storages, that it was compiled for, and
     compiles the kept aten graph again for others (a few weight sets are kept). Writes
-    through `param.data` bump no version and are not seen (as with inductor's freezing)."""
+    through `param.data` bump no version and are not seen (as with inductor's freezing), nor
+    are writes to inference tensors (weights created under torch.inference_mode)."""
 
     _boxed_call = True  # AOTAutograd passes the arguments as one list
     MAX_WEIGHT_SETS = 4

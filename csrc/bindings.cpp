@@ -140,7 +140,9 @@ pybind11::bytes frozen_signature(const pybind11::list& args, const std::vector<i
     TORCH_CHECK(THPVariable_Check(arg), "aspen: frozen input ", positions[i], " is not a tensor");
     const at::Tensor& tensor = THPVariable_Unpack(arg);
     out[3 * i] = static_cast<int64_t>(reinterpret_cast<intptr_t>(tensor.unsafeGetTensorImpl()));
-    out[3 * i + 1] = static_cast<int64_t>(tensor._version());
+    // Inference tensors (a model built or loaded under torch.inference_mode) keep no version
+    // counter: in-place writes to them, possible only in inference mode, are not seen.
+    out[3 * i + 1] = tensor.is_inference() ? -1 : static_cast<int64_t>(tensor._version());
     // `param.data = other` swaps the storage under the same tensor and version.
     out[3 * i + 2] = static_cast<int64_t>(reinterpret_cast<intptr_t>(
         tensor.has_storage() ? tensor.storage().unsafeGetStorageImpl() : nullptr));

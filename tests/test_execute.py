@@ -159,6 +159,19 @@ def test_other_weights_are_not_answered_with_frozen_ones():
         torch.testing.assert_close(compiled(x), first(x), rtol=1e-4, atol=1e-4)
 
 
+def test_model_built_under_inference_mode():
+    """Parameters created (or loaded) under torch.inference_mode are inference tensors,
+    which keep no version counter for the frozen-weights check to read."""
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+        x = torch.randn(3, 8)
+        compiled = compile_strict(model)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        other = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+        torch.testing.assert_close(compile_strict(other)(x), other(x), rtol=1e-4, atol=1e-4)
+
+
 def test_buffers_the_forward_updates_are_runtime_inputs():
     """A buffer the forward writes (a step counter; batch norm's statistics in training mode)
     changes every call: it is read at run time, not frozen, so calls neither recompile nor
