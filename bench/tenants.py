@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             r(*resnet_inputs), b(*bert_inputs)
             resnet_calls[backend], bert_calls[backend] = (lambda r=r: r(*resnet_inputs)), (lambda b=b: b(*bert_inputs))
         calls = {server: (resnet_calls[r], bert_calls[b]) for server, (r, b) in SERVERS.items()}
-        modes = {(backend, how): (serve, calls[backend]) for backend in calls
+        modes = {(server, how): (serve, calls[server]) for server in calls
                  for how, serve in (("in turn", serve_in_turn), ("two threads", serve_at_once))}
         for serve, (r, b) in modes.values():  # warm up every mode, threads included
             serve(r, b, 1, 1)
@@ -92,14 +92,14 @@ def main(argv=None) -> int:
                 makespans[mode].append(serve(r, b, args.resnet, args.bert))
     requests = args.resnet + args.bert
     throughput = {mode: requests / statistics.median(v) for mode, v in makespans.items()}
-    best_baseline = max(v for (backend, _), v in throughput.items() if backend != "aspen")
-    rows = [[backend, how, f"{statistics.median(makespans[(backend, how)]):.2f}",
-             f"{min(makespans[(backend, how)]):.2f}-{max(makespans[(backend, how)]):.2f}",
-             f"{throughput[(backend, how)]:.1f}", f"{throughput[(backend, how)] / best_baseline:.2f}x"]
-            for backend, how in modes]
+    best_baseline = max(v for (server, _), v in throughput.items() if server != "aspen")
+    rows = [[server, how, f"{statistics.median(makespans[(server, how)]):.2f}",
+             f"{min(makespans[(server, how)]):.2f}-{max(makespans[(server, how)]):.2f}",
+             f"{throughput[(server, how)]:.1f}", f"{throughput[(server, how)] / best_baseline:.2f}x"]
+            for server, how in modes]
     print(f"{args.resnet} ResNet-50 B1 + {args.bert} BERT-base S128 B1 requests per round, "
           f"medians of {args.rounds} rounds; {torch.get_num_threads()} threads / DSEs")
-    print(tabulate(rows, headers=["backend", "served", "makespan s", "min-max s", "requests/s",
+    print(tabulate(rows, headers=["server", "served", "makespan s", "min-max s", "requests/s",
                                   "vs best inductor+freezing"]))
     return 0
 

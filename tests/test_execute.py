@@ -139,7 +139,6 @@ def test_runtime_stats_and_set_num_dses():
     assert aspen_torch.runtime_stats()["num_dses"] == 3
     with pytest.raises(ValueError):
         aspen_torch.set_num_dses(0)
-    aspen_torch.set_num_dses(2)
 
 
 def test_other_weights_are_not_answered_with_frozen_ones():

@@ -77,47 +77,41 @@ def test_submit_surfaces_errors_in_the_future():
 
 def test_urgent_request_overtakes_a_running_one():
     aspen_torch.set_num_dses(1)
-    try:
-        slow_model, fast_model = resnet18(), SmallCNN().eval()
-        # ~10 GFLOP: tens of ms on one DSE even on a fast core, against ~1 ms for the urgent one.
-        slow_x, fast_x = torch.randn(16, 3, 128, 128), torch.randn(1, 3, 33, 29)
-        slow, fast = compile_strict(slow_model), compile_strict(fast_model)
-        with torch.no_grad():
-            slow(slow_x)
-            fast(fast_x)
-            expected = fast_model(fast_x)
-        with aspen_torch.trace() as recorded:
-            tiles_before = sum(aspen_torch.runtime_stats()["tiles_per_dse"])
-            background = aspen_torch.submit(slow, slow_x)
-            while sum(aspen_torch.runtime_stats()["tiles_per_dse"]) == tiles_before:
-                time.sleep(0.001)  # until the slow request is under way
-            urgent = aspen_torch.submit(fast, fast_x, priority=1)
-            torch.testing.assert_close(urgent.result(timeout=300), expected, rtol=1e-4, atol=1e-4)
-            assert not background.done(), "the urgent request finished while the other still ran"
-            background.result(timeout=300)
-        by_program = {}
-        for e in recorded.events:
-            by_program.setdefault(e.program, []).append(e)
-        assert len(by_program) == 2
-        urgent_events, slow_events = sorted(by_program.values(), key=len)  # the small model has fewer tiles
-        first, last = min(e.start_ns for e in urgent_events), max(e.end_ns for e in urgent_events)
-        started_between = [e for e in slow_events if first < e.start_ns < last]
-        assert not started_between, "no tile of the normal request starts while the urgent one runs"
-    finally:
-        aspen_torch.set_num_dses(2)
+    slow_model, fast_model = resnet18(), SmallCNN().eval()
+    # ~10 GFLOP: tens of ms on one DSE even on a fast core, against ~1 ms for the urgent one.
+    slow_x, fast_x = torch.randn(16, 3, 128, 128), torch.randn(1, 3, 33, 29)
+    slow, fast = compile_strict(slow_model), compile_strict(fast_model)
+    with torch.no_grad():
+        slow(slow_x)
+        fast(fast_x)
+        expected = fast_model(fast_x)
+    with aspen_torch.trace() as recorded:
+        tiles_before = sum(aspen_torch.runtime_stats()["tiles_per_dse"])
+        background = aspen_torch.submit(slow, slow_x)
+        while sum(aspen_torch.runtime_stats()["tiles_per_dse"]) == tiles_before:
+            time.sleep(0.001)  # until the slow request is under way
+        urgent = aspen_torch.submit(fast, fast_x, priority=1)
+        torch.testing.assert_close(urgent.result(timeout=300), expected, rtol=1e-4, atol=1e-4)
+        assert not background.done(), "the urgent request finished while the other still ran"
+        background.result(timeout=300)
+    by_program = {}
+    for e in recorded.events:
+        by_program.setdefault(e.program, []).append(e)
+    assert len(by_program) == 2
+    urgent_events, slow_events = sorted(by_program.values(), key=len)  # the small model has fewer tiles
+    first, last = min(e.start_ns for e in urgent_events), max(e.end_ns for e in urgent_events)
+    started_between = [e for e in slow_events if first < e.start_ns < last]
+    assert not started_between, "no tile of the normal request starts while the urgent one runs"
 
 
 def test_resizing_under_load_keeps_every_result():
     compiled, inputs, expected = two_tenants()
     futures = []
-    try:
-        for size in [1, 2, 1, 3, 1, 2]:
-            futures += [aspen_torch.submit(compiled[i % 2], inputs[i % 2]) for i in range(6)]
-            aspen_torch.set_num_dses(size)
-        for i, f in enumerate(futures):
-            torch.testing.assert_close(f.result(timeout=300), expected[i % 2], rtol=1e-4, atol=1e-4)
-    finally:
-        aspen_torch.set_num_dses(2)
+    for size in [1, 2, 1, 3, 1, 2]:
+        futures += [aspen_torch.submit(compiled[i % 2], inputs[i % 2]) for i in range(6)]
+        aspen_torch.set_num_dses(size)
+    for i, f in enumerate(futures):
+        torch.testing.assert_close(f.result(timeout=300), expected[i % 2], rtol=1e-4, atol=1e-4)
 
 
 def test_one_model_called_from_many_threads_at_once():
