@@ -1,6 +1,8 @@
 """APU structure: receptive-field math, tile counts, and edges that follow index ranges."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from helpers import assert_matches_eager
 
 import aspen_torch
 from aspen_torch.apu.policy import TilePolicy, split_dims, split_range
+from aspen_torch.apu.rules.conv_pool import _band_rows
 from aspen_torch.apu.prepack import PackedWeights
 from aspen_torch.apu.window import Window, output_bands
 
@@ -22,6 +25,36 @@ def test_window_input_rows():
     assert strided.input_rows(0, 56, 112) == (0, 112, 3, 2)
     dilated = Window(kernel=3, stride=1, padding=2, dilation=2)
     assert dilated.input_rows(3, 5, 9) == (1, 7, 0, 0)
+
+
+def test_band_rows_give_each_band_exactly_its_output_rows():
+    """What a conv tile computes (its real input rows, with its pads: symmetric ones as the
+    op's padding, unequal ones as zero rows) equals the band of the op's output, for any
+    kernel, stride, padding, dilation and cut; equal pads keep the rows in place (no copy)."""
+    x, weight = torch.randn(1, 1, 23, 1), torch.randn(1, 1, 5, 1)
+    for kernel, stride, padding, dilation, height in itertools.product(
+            range(1, 6), range(1, 4), range(0, 3), (1, 2), range(4, 23)):
+        expected = F.conv2d(x[:, :, :height], weight[:, :, :kernel], stride=(stride, 1), padding=(padding, 0),
+                            dilation=(dilation, 1)) if padding <= kernel // 2 * dilation and \
+            height + 2 * padding >= dilation * (kernel - 1) + 1 else None
+        if expected is None:
+            continue
+        rows = Window(kernel, stride, padding, dilation)
+        out_rows = expected.shape[2]
+        for bands in range(1, 4):
+            for o0, o1 in split_range(out_rows, bands):
+                i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(rows, o0, o1, height)
+                band = x[:, :, i0:i1]
+                if top != bottom:
+                    band = F.pad(band, (0, 0, top, bottom))
+                assert band.shape[2] == seen_rows and seen_pad == (top if top == bottom else 0)
+                got = F.conv2d(band, weight[:, :, :kernel], stride=(stride, 1), padding=(seen_pad, 0),
+                               dilation=(dilation, 1))
+                assert torch.equal(got, expected[:, :, o0:o1]), (kernel, stride, padding, dilation, height, o0, o1)
+    stride_two = Window(kernel=3, stride=2, padding=1, dilation=1)
+    assert _band_rows(stride_two, 0, 28, 56)[2:4] == (1, 1), "no window reaches below an even height"
+    assert _band_rows(stride_two, 0, 14, 56)[2:4] == (1, 1)
+    assert _band_rows(Window(3, 1, 1, 1), 0, 28, 56)[2:4] == (1, 0), "stride 1: the next band's row is read"
 
 
 def test_output_bands_prefer_batch_then_rows():

@@ -24,6 +24,7 @@ CONV_CASES = [
     # cin, cout, k, stride, padding, dilation, groups, bias, input (N, H, W)
     (3, 8, 3, 1, 1, 1, 1, True, (1, 17, 23)),
     (8, 16, 3, 2, 1, 1, 1, False, (2, 31, 20)),
+    (8, 16, 3, 2, 1, 1, 1, True, (1, 32, 20)),    # strided over an even height: no bottom pad read
     (8, 8, 3, 1, 2, 2, 1, True, (1, 19, 19)),
     (16, 16, 3, 1, 1, 1, 16, True, (3, 15, 9)),   # depthwise
     (16, 32, 3, 2, 1, 1, 4, True, (1, 22, 13)),   # grouped, strided

@@ -20,6 +20,10 @@ class Window:
         last = (out_stop - 1) * self.stride - self.padding + self.dilation * (self.kernel - 1) + 1
         return max(first, 0), min(last, size), max(-first, 0), max(last - size, 0)
 
+    def output_rows(self, rows: int, padding: int) -> int:
+        """Output rows over `rows` input rows with `padding` zero rows on both sides."""
+        return (rows + 2 * padding - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
+
 
 def output_bands(batch: int, out_rows: int, tiles: int, split_rows: bool) -> list[tuple[int, int, int, int]]:
     """(n0, n1, row0, row1) per tile: batch chunks when the batch covers the tiles

@@ -23,8 +23,12 @@ aten = torch.ops.aten
 def _band_rows(rows: Window, out_start: int, out_stop: int, size: int) -> tuple[int, int, int, int, int, int]:
     """Input rows [start, stop) of an output band, its padding rows above and below, and the
     rows and symmetric padding its kernel sees: the kernel passes equal pads as the op's
-    padding and materialises unequal ones."""
+    padding and materialises unequal ones (a copy of the band)."""
     start, stop, top, bottom = rows.input_rows(out_start, out_stop, size)
+    if top > bottom and rows.output_rows(stop - start, top) == out_stop - out_start:
+        # No window reaches below the real rows (a stride-2 3x3 over an even height): the
+        # kernel may as well pad `top` rows below too, and takes the rows in place.
+        bottom = top
     seen = (stop - start, top) if top == bottom else (stop - start + top + bottom, 0)
     return start, stop, top, bottom, *seen
 
