@@ -51,6 +51,15 @@ class SharedRuntime:
         self._lock = threading.Lock()
         self._runtime: Optional[_C.Runtime] = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        os.register_at_fork(after_in_child=self._start_afresh_after_fork)
+
+    def _start_afresh_after_fork(self) -> None:
+        # fork() copies only the calling thread: in the child the DSEs and request threads are
+        # gone (the runtime's copy would wait on them forever) and a lock another thread held
+        # stays locked. The first use in the child starts a runtime of its own.
+        self._lock = threading.Lock()
+        self._runtime = None
+        self._executor = None
 
     def request_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:

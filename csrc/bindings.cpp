@@ -162,6 +162,14 @@ std::vector<TraceTuple> stop_trace(Runtime& runtime) {
   return out;
 }
 
+// A Runtime that fork() copied into a child has no DSE threads there, and joining them would
+// never return: the child leaves its copy be (aspen_torch's shared runtime starts another).
+struct RuntimeDeleter {
+  void operator()(Runtime* runtime) const {
+    if (runtime->owned_by_this_process()) delete runtime;
+  }
+};
+
 const char* const kSharingNames[] = {"when_preempted", "always", "never", "always_with_backups"};
 
 void set_tile_sharing(Runtime& runtime, const std::string& name) {
@@ -184,7 +192,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("id", [](const Program& p) { return reinterpret_cast<uintptr_t>(&p); });
   m.def("make_program", &make_program, pybind11::arg("tiles"), pybind11::arg("edges"),
         "Builds an immutable tile program; raises on bad tiles or a cyclic graph.");
-  pybind11::class_<Runtime>(m, "Runtime")
+  pybind11::class_<Runtime, std::unique_ptr<Runtime, RuntimeDeleter>>(m, "Runtime")
       .def(pybind11::init<int>(), pybind11::arg("num_dses"), pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("set_num_dses", &Runtime::set_num_dses, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_property_readonly("num_dses", &Runtime::num_dses)

@@ -10,6 +10,7 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -71,18 +72,29 @@ Runtime::Runtime(int num_dses)
       speculative_(kMaxDses),
       counts_(new Counters[kMaxDses]),
       creator_cpus_(current_thread_cpus()),
-      traces_(new TraceBuffer[kMaxDses]) {
+      traces_(new TraceBuffer[kMaxDses]),
+      owner_pid_(getpid()) {
   set_num_dses(num_dses);
 }
 
 Runtime::~Runtime() { set_num_dses(0); }
 
+bool Runtime::owned_by_this_process() const { return getpid() == owner_pid_; }
+
+void Runtime::check_owned_by_this_process() const {
+  TORCH_CHECK(owned_by_this_process(), "aspen: this runtime belongs to process ", owner_pid_,
+              "; fork() did not copy its DSE threads into this process (", getpid(),
+              "): use a runtime made here (aspen_torch's shared runtime makes one on first use)");
+}
+
 int Runtime::num_dses() const {
+  check_owned_by_this_process();
   std::lock_guard<std::mutex> lock(resize_mu_);
   return static_cast<int>(dses_.size());
 }
 
 void Runtime::set_num_dses(int num_dses) {
+  check_owned_by_this_process();
   TORCH_CHECK(num_dses >= 0 && num_dses <= kMaxDses, "aspen: num_dses must be in [0, ", kMaxDses,
               "], got ", num_dses);
   std::lock_guard<std::mutex> lock(resize_mu_);
@@ -120,6 +132,7 @@ void Runtime::set_num_dses(int num_dses) {
 }
 
 void Runtime::set_dse_cpus(const std::vector<int>& cpus) {
+  check_owned_by_this_process();
   std::lock_guard<std::mutex> lock(resize_mu_);
   for (int cpu : cpus) {
     const bool allowed = std::find(creator_cpus_.begin(), creator_cpus_.end(), cpu) != creator_cpus_.end();
@@ -132,6 +145,7 @@ void Runtime::set_dse_cpus(const std::vector<int>& cpus) {
 }
 
 std::vector<int> Runtime::dse_cpus() const {
+  check_owned_by_this_process();
   std::lock_guard<std::mutex> lock(resize_mu_);
   return dse_cpus_;
 }
@@ -144,6 +158,7 @@ bool Runtime::apply_cpus(int index) {
 }
 
 std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program, bool urgent) {
+  check_owned_by_this_process();
   auto request = std::make_shared<Request>(std::move(program), urgent);
   const Program& p = request->program();
   if (p.num_tiles() == 0) {
@@ -162,6 +177,7 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program,
 }
 
 std::vector<Runtime::DseCounts> Runtime::dse_counts() const {
+  check_owned_by_this_process();
   const int n = num_dses();
   std::vector<DseCounts> counts(n);
   for (int i = 0; i < n; ++i) {
@@ -181,6 +197,7 @@ int64_t now_ns() {
 }  // namespace
 
 void Runtime::start_trace() {
+  check_owned_by_this_process();
   for (int i = 0; i < kMaxDses; ++i) {
     std::lock_guard<std::mutex> lock(traces_[i].mu);
     traces_[i].events.clear();
@@ -189,6 +206,7 @@ void Runtime::start_trace() {
 }
 
 std::vector<TraceEvent> Runtime::stop_trace() {
+  check_owned_by_this_process();
   tracing_.store(false, std::memory_order_relaxed);
   std::vector<TraceEvent> all;
   for (int i = 0; i < kMaxDses; ++i) {

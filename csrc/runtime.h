@@ -9,6 +9,8 @@
 #include "request.h"
 #include "speculative_parts.h"
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -75,7 +77,13 @@ class Runtime {
   void start_trace();
   std::vector<TraceEvent> stop_trace();
 
+  // False in a child that fork() copied this Runtime into: the DSE threads were not copied,
+  // and a mutex a DSE held at the fork stays locked, so there every method but this one
+  // raises, and the Runtime must not be destroyed (its threads cannot be joined).
+  bool owned_by_this_process() const;
+
  private:
+  void check_owned_by_this_process() const;
   struct alignas(64) TraceBuffer {
     std::mutex mu;  // uncontended: only its DSE appends; stop_trace drains
     std::vector<TraceEvent> events;
@@ -137,6 +145,7 @@ class Runtime {
   std::atomic<int64_t> last_preempted_open_ns_{-1};  // when a DSE last opened a tile for being preempted
   std::atomic<bool> tracing_{false};
   std::unique_ptr<TraceBuffer[]> traces_;
+  const pid_t owner_pid_;
 };
 
 }  // namespace aspen

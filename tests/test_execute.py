@@ -2,6 +2,10 @@
 as eager's do; runtime stats."""
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
+import time
 import types
 
 import pytest
@@ -169,6 +173,51 @@ def test_model_built_under_inference_mode():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
         other = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
         torch.testing.assert_close(compile_strict(other)(x), other(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_forked_child_runs_on_a_runtime_of_its_own():
+    """fork() copies only the calling thread: the parent's DSEs are not in the child, so a
+    call there must start the child's own runtime (it hung waiting on the parent's), and
+    the parent's copy must refuse work instead of waiting. The child does not run eager
+    ATen ops: libgomp's team, which the parent's eager ops started, hangs after a fork."""
+    model = small_model()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = compile_strict(model)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(compiled(x), expected)
+    parents_runtime = aspen_torch.runtime.SHARED_RUNTIME.get()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        status = 1
+        try:
+            faulthandler.dump_traceback_later(30, exit=True)
+            with torch.no_grad():
+                outputs = [compiled(x), aspen_torch.submit(compiled, x).result(timeout=60)]
+            try:
+                parents_runtime.num_dses
+                refused = b"0"
+            except RuntimeError as error:
+                refused = b"1" if "fork()" in str(error) else b"0"
+            os.write(write_end, refused + b"".join(y.numpy().tobytes() for y in outputs))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish")
+        time.sleep(0.05)
+    with os.fdopen(read_end, "rb") as report:
+        refused, outputs = report.read(1), torch.frombuffer(bytearray(report.read()), dtype=torch.float32)
+    assert refused == b"1", "the parent's runtime refuses work in the child"
+    torch.testing.assert_close(outputs, torch.cat([expected.flatten()] * 2))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), expected)
 
 
 def test_buffers_the_forward_updates_are_runtime_inputs():
