@@ -44,7 +44,7 @@ class Runtime {
   static constexpr int kMaxDses = 256;
 
   explicit Runtime(int num_dses);
-  ~Runtime();
+  ~Runtime();  // joins the DSEs: never in a process fork() copied it into (owned_by_this_process)
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
