@@ -80,14 +80,12 @@ class SharedRuntime:
 
     def stats(self) -> dict:
         with self._lock:
-            if self._runtime is None:
-                return {"num_dses": 0, "tiles_per_dse": [], "tiles_opened_per_dse": [], "parts_taken_per_dse": [],
-                        "parts_taken_over_per_dse": [], "dse_cpus": []}
-            counts = self._runtime.dse_counts() if self._runtime.num_dses else []
-            run, opened, taken, taken_over = (list(column) for column in zip(*counts)) if counts else ([], [], [], [])
-            return {"num_dses": self._runtime.num_dses, "tiles_per_dse": run, "tiles_opened_per_dse": opened,
-                    "parts_taken_per_dse": taken, "parts_taken_over_per_dse": taken_over,
-                    "dse_cpus": list(self._runtime.dse_cpus)}
+            # One row per DSE (none before the runtime starts).
+            counts = self._runtime.dse_counts() if self._runtime is not None else []
+            cpus = list(self._runtime.dse_cpus) if self._runtime is not None else []
+        run, opened, taken, taken_over = (list(column) for column in zip(*counts)) if counts else ([], [], [], [])
+        return {"num_dses": len(counts), "tiles_per_dse": run, "tiles_opened_per_dse": opened,
+                "parts_taken_per_dse": taken, "parts_taken_over_per_dse": taken_over, "dse_cpus": cpus}
 
 
 SHARED_RUNTIME = SharedRuntime()

@@ -14,7 +14,7 @@ class PreemptionMeter {
   // tiles that could be opened are bracketed); the time since the last sample counts if
   // the DSE had work throughout.
   void observe() {
-    const int64_t wall = clock_ns(CLOCK_MONOTONIC), cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    const int64_t wall = wall_ns(), cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     if (has_last_ && (wall - last_wall_ns_) - (cpu - last_cpu_ns_) > kLostNs) {
       previous_loss_ns_ = last_loss_ns_;
       last_loss_ns_ = wall;
@@ -34,7 +34,7 @@ class PreemptionMeter {
   // 50 ms opened tiles in 16 of 40 quiet calls; two in 100 ms in 4 of 40 (no measurable
   // cost) and under load matched opening every tile, where two in 30 ms lagged by ~5%.
   bool preempted_recently() const {
-    return previous_loss_ns_ >= 0 && clock_ns(CLOCK_MONOTONIC) - previous_loss_ns_ < kRememberNs;
+    return previous_loss_ns_ >= 0 && wall_ns() - previous_loss_ns_ < kRememberNs;
   }
 
  private:

@@ -1,5 +1,6 @@
 #include "runtime.h"
 
+#include "clock_ns.h"
 #include "cpu_affinity.h"
 #include "tile_parts.h"
 
@@ -165,10 +166,10 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program,
     request->mark_done();
     return request;
   }
-  TORCH_CHECK(num_dses() > 0, "aspen: the runtime has no DSEs; call set_num_dses(n) with n >= 1");
+  const int rows = num_dses();
+  TORCH_CHECK(rows > 0, "aspen: the runtime has no DSEs; call set_num_dses(n) with n >= 1");
   requests_in_flight_.fetch_add(1, std::memory_order_relaxed);
   // Roots are spread over the rows so every DSE starts with work of its own.
-  const int rows = std::max(1, num_dses());
   for (int32_t root : p.roots()) {
     const int row = static_cast<int>(next_root_row_.fetch_add(1, std::memory_order_relaxed) % rows);
     pool_.push(row, ReadyTile{request.get(), root, urgent}, /*root=*/true);
@@ -177,8 +178,7 @@ std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program,
 }
 
 std::vector<Runtime::DseCounts> Runtime::dse_counts() const {
-  check_owned_by_this_process();
-  const int n = num_dses();
+  const int n = num_dses();  // raises in a forked copy
   std::vector<DseCounts> counts(n);
   for (int i = 0; i < n; ++i) {
     counts[i] = {counts_[i].tiles_run.load(std::memory_order_relaxed),
@@ -188,13 +188,6 @@ std::vector<Runtime::DseCounts> Runtime::dse_counts() const {
   }
   return counts;
 }
-
-namespace {
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 void Runtime::start_trace() {
   check_owned_by_this_process();
@@ -220,7 +213,7 @@ std::vector<TraceEvent> Runtime::stop_trace() {
 
 void Runtime::record_trace(int index, std::shared_ptr<const Program> program, const ReadyTile& item,
                            int64_t start_ns) {
-  TraceEvent event{std::move(program), item.tile, item.part, index, start_ns, now_ns()};
+  TraceEvent event{std::move(program), item.tile, item.part, index, start_ns, wall_ns()};
   std::lock_guard<std::mutex> lock(traces_[index].mu);
   traces_[index].events.push_back(std::move(event));
 }
@@ -229,7 +222,7 @@ void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec,
   Request* request = item.request;
   if (request->failed()) return;
   const bool tracing = tracing_.load(std::memory_order_relaxed);
-  const int64_t start = tracing ? now_ns() : 0;
+  const int64_t start = tracing ? wall_ns() : 0;
   const std::string error = try_run_tile(spec, index, meter);
   if (!error.empty()) {
     request->fail(tile_error(*request, item.tile, error));
@@ -260,7 +253,7 @@ bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece,
   spec.tensors[0] = at::empty(out.sizes(), out.options().memory_format(out.suggest_memory_format()));
   const bool tracing = tracing_.load(std::memory_order_relaxed);
   std::shared_ptr<const Program> program = tracing ? request->program_ptr() : nullptr;
-  const int64_t start = tracing ? now_ns() : 0;
+  const int64_t start = tracing ? wall_ns() : 0;
   speculative_.start(index, self->cpu_clock, piece);
   std::string error = try_run_tile(spec, index, &self->meter);
   if (!speculative_.commit(index)) return false;
@@ -332,7 +325,7 @@ ReadyTile Runtime::execute_and_release(int index, Dse* self, ReadyTile item) {
     // A DSE losing its core opens its tiles even when other work is ready: a whole tile it
     // is descheduled in can only be waited for, an open one's parts can be taken over.
     const bool preempted = losing_core(self);
-    if (preempted) last_preempted_open_ns_.store(now_ns(), std::memory_order_relaxed);
+    if (preempted) last_preempted_open_ns_.store(wall_ns(), std::memory_order_relaxed);
     if (preempted || sharing == TileSharing::kAlways || sharing == TileSharing::kAlwaysWithBackups)
       return run_open_tile(index, self, item);
   }
@@ -377,7 +370,7 @@ void Runtime::dse_main(int index, Dse* self) {
 bool Runtime::keep_polling() const {
   if (requests_in_flight_.load(std::memory_order_relaxed) == 0) return false;
   const int64_t last = last_preempted_open_ns_.load(std::memory_order_relaxed);
-  return last >= 0 && now_ns() - last < kInterferenceMemoryNs;
+  return last >= 0 && wall_ns() - last < kInterferenceMemoryNs;
 }
 
 bool Runtime::find_work(int index, Dse* self, ReadyTile* out) {

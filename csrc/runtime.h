@@ -25,7 +25,7 @@ struct TraceEvent {
   int32_t tile;
   int32_t part;  // -1: the whole tile
   int32_t dse;
-  int64_t start_ns;  // steady clock
+  int64_t start_ns;  // wall_ns() (clock_ns.h)
   int64_t end_ns;
 };
 

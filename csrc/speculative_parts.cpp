@@ -12,7 +12,7 @@ void SpeculativeParts::start(int runner, clockid_t runner_clock, const ReadyTile
   r.part = part;
   r.committed = false;
   r.clock = runner_clock;
-  r.probe_wall_ns = clock_ns(CLOCK_MONOTONIC);
+  r.probe_wall_ns = wall_ns();
   r.probe_cpu_ns = clock_ns(runner_clock);
   r.running.store(true, std::memory_order_relaxed);
 }
@@ -33,7 +33,7 @@ bool SpeculativeParts::take_over(int helper, int slots, int64_t min_window_ns, R
     std::lock_guard<std::mutex> lock(r.mu);
     if (r.committed) continue;
     if (min_window_ns > 0) {
-      const int64_t wall = clock_ns(CLOCK_MONOTONIC);
+      const int64_t wall = wall_ns();
       const int64_t window = wall - r.probe_wall_ns;
       if (window < min_window_ns) continue;
       const int64_t cpu = clock_ns(r.clock);
