@@ -3,7 +3,9 @@
     HF_HUB_OFFLINE=1 python bench/shapes_memory.py [--lengths 32,48,64,...] [--backends aspen,inductor+freezing,eager]
 
 Dynamo compiles the first two lengths as static graphs and then one graph with symbolic
-sizes, which aspen plans per concrete length (sharing the packed weights). Each backend
+sizes, which aspen plans per concrete length (sharing the packed weights; bench's aspen
+runs in strict mode, which compiles every length at once, where by default a new length
+runs in eager until it recurs enough to pay its compile: see bench/generate.py). Each backend
 runs in a fresh process (RSS is per process); a row per length gives the first call's
 time, a second call's time, and the resident set after it.
 """

@@ -78,6 +78,43 @@ def test_plans_per_sequence_length_share_packed_weights_and_stay_bounded(monkeyp
     assert len(packed[0]) >= 2 and all(p == packed[0] for p in packed), "one packing per linear for all lengths"
 
 
+def _symbolic_mlp_compiled_with(options: dict, report: aspen_torch.CompileReport):
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval()
+    compiled = torch.compile(model, dynamic=True, backend=lambda gm, ex: aspen_torch.aspen_backend(
+        gm, ex, options, report=report))
+    return model, compiled
+
+
+def test_a_new_shape_runs_in_eager_until_its_eager_time_pays_a_compile(monkeypatch):
+    """A decoder's KV cache grows a token per step: a plan per length would compile on every
+    token. After the first shape of a symbolic graph, a new shape runs in eager until the
+    eager time spent at it reaches the last compile's time. With a clock that advances one
+    second per reading, a compile and an eager call both take one second, so a new shape
+    runs in eager once and compiles on its second call."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(aspen_torch.backend._PerShapeCompiler, "clock", staticmethod(lambda: float(next(ticks))))
+    report = aspen_torch.CompileReport()
+    model, compiled = _symbolic_mlp_compiled_with({}, report)
+    with torch.no_grad():
+        for length, graphs, cold_calls in [(16, 1, 0), (24, 1, 1), (24, 2, 1), (24, 2, 1), (40, 2, 2), (16, 2, 2)]:
+            x = torch.randn(1, length, 32)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            assert (report.num_graphs, report.cold_shape_calls) == (graphs, cold_calls), f"after length {length}"
+    assert "2 call(s) at input shapes not compiled yet ran in eager" in str(report)
+
+
+def test_strict_mode_and_cold_shapes_compile_compile_every_shape_at_once():
+    for options in ({"strict": True}, {"cold_shapes": "compile"}):
+        report = aspen_torch.CompileReport()
+        torch._dynamo.reset()
+        model, compiled = _symbolic_mlp_compiled_with(options, report)
+        with torch.no_grad():
+            for length in (16, 24, 40):
+                x = torch.randn(1, length, 32)
+                torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        assert (report.num_graphs, report.cold_shape_calls) == (3, 0), options
+
+
 def test_compiled_partition_rejects_mismatched_inputs():
     captured = []
 
