@@ -1,10 +1,11 @@
 // A Program is an immutable tile graph: tiles, dependency counts and child
-// lists. It holds no run state, so one Program can serve many requests and
-// several Programs (tenants) can share one Runtime.
+// lists. It holds no run state (a timing hint for waiters aside), so one Program
+// can serve many requests and several Programs (tenants) can share one Runtime.
 #pragma once
 
 #include "tile_spec.h"
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -23,12 +24,22 @@ class Program {
   const int32_t* children_begin(int32_t i) const { return child_index_.data() + child_offset_[i]; }
   const int32_t* children_end(int32_t i) const { return child_index_.data() + child_offset_[i + 1]; }
 
+  // How long a request of this program recently took from submit to done (0: none yet), a
+  // hint for its waiters (Request::wait), not part of what the program computes.
+  int64_t recent_duration_ns() const { return recent_duration_ns_.load(std::memory_order_relaxed); }
+  void note_duration_ns(int64_t ns) const {
+    // Concurrent waiters may lose each other's update: a hint tolerates it.
+    const int64_t old = recent_duration_ns_.load(std::memory_order_relaxed);
+    recent_duration_ns_.store(old == 0 ? ns : old + (ns - old) / 4, std::memory_order_relaxed);
+  }
+
  private:
   std::vector<TileSpec> tiles_;
   std::vector<int32_t> initial_deps_;
   std::vector<int64_t> child_offset_;
   std::vector<int32_t> child_index_;
   std::vector<int32_t> roots_;
+  mutable std::atomic<int64_t> recent_duration_ns_{0};
 };
 
 }  // namespace aspen

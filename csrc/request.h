@@ -5,6 +5,7 @@
 #include "program.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -44,9 +45,9 @@ class Request {
   bool failed() const { return failed_.load(std::memory_order_acquire); }
 
   void mark_done();
-  // Blocks until every tile finished; throws the first tile error.
+  // Blocks until every tile finished; throws the first tile error. Polls (yielding) first
+  // if the program's recent requests were short (request.cpp), else sleeps.
   void wait();
-  bool done();
 
  private:
   std::shared_ptr<const Program> program_;
@@ -54,9 +55,10 @@ class Request {
   std::unique_ptr<std::atomic<int32_t>[]> pending_deps_;
   std::atomic<int64_t> tiles_left_;
   std::atomic<bool> failed_{false};
+  const std::chrono::steady_clock::time_point submitted_;
   std::mutex mu_;
   std::condition_variable done_cv_;
-  bool done_ = false;
+  std::atomic<bool> done_{false};  // set under mu_, so a waiter cannot miss the notify
   std::string error_;
 };
 
