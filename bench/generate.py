@@ -5,7 +5,8 @@
 
 Every decode step has a new key length, so a backend that plans per shape sees a new
 shape every token. Each backend runs in a fresh process: the first generate (compiles
-included), then the median of --runs more; the tokens are checked against eager's.
+included), then the median of --runs more; the tokens are checked against eager's; peak
+RSS is the process's high-water mark.
 "aspen" is the default (cold_shapes="eager_until_hot"); "aspen-compile-every-shape"
 compiles every length on first sight (cold_shapes="compile", as strict mode does).
 """
@@ -53,8 +54,11 @@ def measure(backend: str, prompt: int, new_tokens: int, runs: int) -> dict:
             start = time.perf_counter()
             same &= torch.equal(model.generate(ids, **settings), expected)
             times.append(time.perf_counter() - start)
+    with open("/proc/self/status") as status:
+        peak_rss_mib = int(status.read().split("VmHWM:")[1].split()[0]) / 1024
     return {"first_s": first, "generate_ms": statistics.median(times) * 1e3, "same_tokens": same,
-            "graphs_compiled": report.num_graphs, "calls_in_eager": report.cold_shape_calls}
+            "graphs_compiled": report.num_graphs, "calls_in_eager": report.cold_shape_calls,
+            "peak_rss_mib": peak_rss_mib}
 
 
 def main() -> None:
@@ -75,13 +79,13 @@ def main() -> None:
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         rows.append([backend, f"{r['first_s']:.2f}", f"{r['generate_ms']:.1f}",
-                     f"{r['generate_ms'] / args.new_tokens:.2f}", r["same_tokens"],
+                     f"{r['generate_ms'] / args.new_tokens:.2f}", r["same_tokens"], f"{r['peak_rss_mib']:.0f}",
                      r["graphs_compiled"] if backend.startswith("aspen") else "",
                      r["calls_in_eager"] if backend.startswith("aspen") else ""])
     print(f"GPT-2 small, prompt {args.prompt}, {args.new_tokens} new tokens, greedy, KV cache; "
           f"median of {args.runs} generates after the first")
     print(tabulate(rows, headers=["backend", "first generate s", "generate ms", "ms / token", "tokens as eager",
-                                  "aspen graphs compiled", "aspen calls in eager"], tablefmt="github"))
+                                  "peak RSS MiB", "aspen graphs compiled", "aspen calls in eager"], tablefmt="github"))
 
 
 if __name__ == "__main__":

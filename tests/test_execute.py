@@ -64,13 +64,13 @@ def test_plans_per_sequence_length_share_packed_weights_and_stay_bounded(monkeyp
     its plan, all plans use one packing per linear, and only the most recently used plans
     are kept (a length seen again after eviction compiles again, correctly)."""
     monkeypatch.setattr(aspen_torch.backend._PerShapeCompiler, "MAX_PLANS", 2)
-    model = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32)).eval()
+    model = nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 128)).eval()
     report = aspen_torch.CompileReport()
     compiled = torch.compile(model, dynamic=True, backend=lambda gm, ex: aspen_torch.aspen_backend(
         gm, ex, {"strict": True}, report=report))
     with torch.no_grad():
         for length in (16, 24, 40, 16):
-            x = torch.randn(1, length, 32)
+            x = torch.randn(1, length, 128)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
     assert report.num_graphs == 4, "16 was evicted by 24 and 40 and compiled again"
     packed = [{id(t.inputs[1].ref.buffer.constant) for t in graph.tiles if t.inputs[1] is not None

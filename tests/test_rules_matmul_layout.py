@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.apu.tile_graph import TileKind
 from aspen_torch.runtime import SHARED_RUNTIME
 
 
@@ -36,16 +37,32 @@ def test_linear_over_3d_input():
     assert_matches_eager(model, torch.randn(3, 11, 24))
 
 
+def _linear_tile_kinds(report: aspen_torch.CompileReport) -> set[TileKind]:
+    return {t.kind for g in report.tile_graphs for t in g.tiles if t.op_label == "aten.addmm.default"}
+
+
+@pytest.mark.parametrize("rows,fin,fout,kind", [(1, 256, 256, TileKind.LINEAR), (1, 4096, 4096, TileKind.PACKED_LINEAR),
+                                                (64, 128, 96, TileKind.PACKED_LINEAR), (4, 64, 64, TileKind.LINEAR)])
+def test_frozen_linear_tiles_run_addmm_or_packed_onednn_by_size(rows, fin, fout, kind):
+    """One-row products of up to a few million weights and tiny products run ATen's addmm
+    on the weights as they are; larger ones oneDNN on weights packed for the tile."""
+    report = assert_matches_eager(nn.Linear(fin, fout).eval(), torch.randn(rows, fin))
+    assert _linear_tile_kinds(report) == {kind}
+
+
+@pytest.mark.parametrize("rows,fin,fout,kind", [(6, 32, 48, TileKind.LINEAR), (32, 128, 256, TileKind.PACKED_LINEAR)],
+                         ids=["addmm", "packed"])
 @pytest.mark.parametrize("activation", [nn.ReLU(), nn.Hardtanh(-0.5, 0.5), nn.ReLU6(), nn.GELU(), nn.SiLU(),
                                         nn.Tanh(), nn.Sigmoid()], ids=lambda m: type(m).__name__)
-def test_linear_activation_epilogue_keeps_nan(activation):
+def test_linear_activation_epilogue_keeps_nan(activation, rows, fin, fout, kind):
     """A NaN row stays NaN through linear + activation, as in eager: oneDNN's relu and clamp
     post-ops are max/min, which turn NaN into the bound."""
-    model = nn.Sequential(nn.Linear(32, 48), activation).eval()
-    x = torch.randn(6, 32)
+    model = nn.Sequential(nn.Linear(fin, fout), activation).eval()
+    x = torch.randn(rows, fin)
     x[2, 5] = float("nan")
     report = assert_matches_eager(model, x, options={"min_tile_flops": 1e3})
     assert set(report.tiles_per_op) == {"aten.addmm.default"}, "the activation runs inside the linear tiles"
+    assert _linear_tile_kinds(report) == {kind}
 
 
 class _ResidualMlp(nn.Module):

@@ -20,9 +20,19 @@ MIN_ROWS_PER_PART = 16
 MAX_ROW_PARTS = 8
 
 
+def _addmm_beats_packed(rows: int, k: int, n: int) -> bool:
+    """oneDNN's packed GEMM costs ~10 us a call whatever its size; ATen's addmm (MKL) runs
+    one row (a GEMV) faster up to a few million weights, and tiny products of a few rows.
+    One thread: 64x64 at 1 row 2.4 vs 12.7 us; 768x768 33 vs 42; 3072x768 120 vs 129; but
+    768x50257 9.4 vs 7.1 ms; 256x256 at 3 rows 11 vs 14, at 8 rows 16 vs 17; 768x768 at 2
+    rows 60 vs 40. A row-1 tile then also needs no packed copy of its weights."""
+    return (rows == 1 and k * n <= 1 << 22) or rows * k * n <= 1 << 18
+
+
 def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
     """x [m, k] @ w [k, n] (+ bias). A frozen w (a linear layer's weight) is prepacked per
-    tile shape for oneDNN; a w computed at run time is read through a view by addmm / mm."""
+    tile shape for oneDNN; a w computed at run time, and a frozen one where addmm is faster
+    (_addmm_beats_packed), is read through a view by addmm / mm."""
     xref = ctx.ref(x)
     bref = ctx.expand_to(ctx.ref(bias), (node_meta(node).shape[1],)) if bias is not None else None
     frozen_w = ctx.constant(w)
@@ -40,7 +50,8 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
     packed: dict[tuple[int, int, int], Region] = {}
     for r0, r1 in split_range(m, row_parts):
         for c0, c1 in split_range(n, col_parts):
-            if frozen_w is None:
+            if frozen_w is None or _addmm_beats_packed(r1 - r0, k, c1 - c0):
+                wref = ctx.ref(w) if wref is None else wref
                 kind, weight = TileKind.LINEAR, Region(wref, ((0, k), (c0, c1)))
             else:
                 key = (r1 - r0, c0, c1)
