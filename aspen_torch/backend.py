@@ -5,7 +5,6 @@ import collections
 import copy
 import logging
 import threading
-import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -20,6 +19,7 @@ from .execute import CompiledPartition
 from .options import AspenOptions
 from .partition import partition
 from .plan import plan
+from .recompile import RecompilePolicy
 from .report import CompileReport
 from .rewrite import recompose_activations
 from .runtime import SHARED_RUNTIME
@@ -78,20 +78,12 @@ def _with_numbers(graph_module: fx.GraphModule, numbers: dict[int, Any]) -> fx.G
 class _PerShapeCompiler:
     """Dynamo sent a graph with symbolic sizes, or Python numbers as tensors; aspen plans
     static tiles, so it compiles once per concrete input signature seen at call time
-    (shapes, and the values of those numbers). The plans share packed weights; the least
-    recently used plans beyond MAX_PLANS are dropped, so a model served at ever new
-    sequence lengths holds bounded memory.
-
-    A compile costs 0.3-2 s, which a decoder would pay on every token (its KV cache grows
-    by one each step, a signature seen once per generated sequence). So, unless
-    options.compiles_every_shape, only the first signature compiles at once; a later one
-    runs dynamo's graph in eager until the eager time spent at it reaches the graph's last
-    measured compile time, and then compiles (ski rental: a shape never costs more than
-    twice the better of always-eager and compile-at-once, known only in hindsight)."""
+    (shapes, and the values of those numbers): the first at once, later ones when they are
+    hot (RecompilePolicy), running dynamo's graph in eager until then. The plans share
+    packed weights; the least recently used beyond MAX_PLANS are dropped, so a model served
+    at ever new sequence lengths holds bounded memory."""
 
     MAX_PLANS = 16
-    MAX_COLD_SIGNATURES = 4096  # eager time kept per signature not compiled (LRU)
-    clock = staticmethod(time.perf_counter)  # seconds; tests count calls instead
 
     def __init__(self, graph_module: fx.GraphModule, frozen_inputs: list[bool], numbers: list[int],
                  options: AspenOptions, report: CompileReport, packs: PackedWeights) -> None:
@@ -102,9 +94,7 @@ class _PerShapeCompiler:
         self._report = report
         self._packs = packs
         self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
-        self._eager_seconds: collections.OrderedDict[tuple, float] = collections.OrderedDict()
-        self._compile_seconds: Optional[float] = None  # of the last compile: the price of a new one
-        self._warned_cold = False
+        self._policy = RecompilePolicy(options.recompiles_always, "input shape", report)
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
@@ -113,47 +103,21 @@ class _PerShapeCompiler:
         key += tuple(numbers.items())
         with self._lock:
             fn = self._compiled.get(key)
-            if fn is None and self._worth_compiling(key):
-                fn = self._compile(key, numbers, args)
+            if fn is None and self._policy.worth_compiling(key, free_slot=False):
+                fn = self._policy.compile(key, lambda: capture(
+                    _with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._compile_captured,
+                    RecompilePolicy(self._options.recompiles_always, "weight set", self._report)))
+                self._compiled[key] = fn
+                while len(self._compiled) > self.MAX_PLANS:
+                    self._compiled.popitem(last=False)
             if fn is not None:
                 self._compiled.move_to_end(key)
-        if fn is not None:
-            return fn(*args)
-        return self._run_in_eager(key, args)
+        if fn is None:
+            return self._policy.run_in_eager(key, lambda: self._graph_module(*args))
+        return fn(*args)
 
-    def _worth_compiling(self, key: tuple) -> bool:
-        if self._options.compiles_every_shape or self._compile_seconds is None:
-            return True
-        return self._eager_seconds.get(key, 0.0) >= self._compile_seconds
-
-    def _compile(self, key: tuple, numbers: dict[int, Any], args: tuple) -> Callable:
-        start = self.clock()
-        fn = capture(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs,
-                     lambda captured: compile_captured(captured, self._options, self._report, self._packs))
-        self._compile_seconds = self.clock() - start
-        self._eager_seconds.pop(key, None)
-        self._compiled[key] = fn
-        while len(self._compiled) > self.MAX_PLANS:
-            self._compiled.popitem(last=False)
-        return fn
-
-    def _run_in_eager(self, key: tuple, args: tuple) -> Any:
-        with self._lock:
-            first, self._warned_cold = not self._warned_cold, True
-            self._report.cold_shape_calls += 1
-        if first:
-            log.warning("aspen: a graph with symbolic sizes runs new input shapes in eager until the time spent "
-                        "at a shape pays for compiling it (%.2f s); options={'cold_shapes': 'compile'} compiles "
-                        "every shape at once", self._compile_seconds)
-        log.debug("aspen: shape %s runs in eager (not hot yet)", key)
-        start = self.clock()
-        result = self._graph_module(*args)
-        spent = self.clock() - start
-        with self._lock:
-            self._eager_seconds[key] = self._eager_seconds.pop(key, 0.0) + spent
-            while len(self._eager_seconds) > self.MAX_COLD_SIGNATURES:
-                self._eager_seconds.popitem(last=False)
-        return result
+    def _compile_captured(self, captured: CapturedGraph) -> Callable:
+        return compile_captured(captured, self._options, self._report, self._packs)
 
 
 def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
@@ -174,4 +138,5 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
     if _has_symbolic_shapes(example_inputs) or numbers:
         return _PerShapeCompiler(graph_module, frozen_inputs, numbers, opts, report, SHARED_PACKS)
     return capture(graph_module, example_inputs, frozen_inputs,
-                   lambda captured: compile_captured(captured, opts, report, SHARED_PACKS))
+                   lambda captured: compile_captured(captured, opts, report, SHARED_PACKS),
+                   RecompilePolicy(opts.recompiles_always, "weight set", report))

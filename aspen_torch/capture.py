@@ -17,6 +17,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from . import _C
 from .apu.registry import RULES
 from .errors import AspenError
+from .recompile import RecompilePolicy
 
 
 @dataclasses.dataclass
@@ -51,43 +52,55 @@ class FrozenInputsGuard:
     another module instance of the same shapes and does not see in-place weight updates,
     while aspen bakes weights into its plans; so every call checks that the frozen inputs
     are the tensors, at the versions and over the storages, that it was compiled for, and
-    compiles the kept aten graph again for others (a few weight sets are kept). Writes
+    compiles the kept aten graph again for others: at once while fewer than MAX_WEIGHT_SETS
+    are kept, else when hot (RecompilePolicy: an ensemble of more instances than that, called
+    in turn, would otherwise compile on every call), evicting the least recently used. Writes
     through `param.data` bump no version and are not seen (as with inductor's freezing), nor
     are writes to inference tensors (weights created under torch.inference_mode)."""
 
     _boxed_call = True  # AOTAutograd passes the arguments as one list
-    MAX_WEIGHT_SETS = 4
+    MAX_WEIGHT_SETS = 8
 
     def __init__(self, aten_graph: fx.GraphModule, positions: list[int], tensors: list[torch.Tensor],
-                 compile_captured: Callable[[CapturedGraph], Callable]) -> None:
-        # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles.
-        # AOTAutograd calls under fake mode, where copying a real tensor constant (GPT-2's
-        # causal mask) would make a fake tensor point at real storage.
+                 compile_captured: Callable[[CapturedGraph], Callable], policy: RecompilePolicy) -> None:
+        # Partitioning rewrites the graph it is given; keep a pristine copy for recompiles
+        # (and for calls run in eager). AOTAutograd calls under fake mode, where copying a
+        # real tensor constant (GPT-2's causal mask) would make a fake tensor point at real storage.
         with unset_fake_temporarily():
             self._aten_graph = copy.deepcopy(aten_graph)
         self._positions = positions
         self._compile_captured = compile_captured
+        self._policy = policy
         self._compiled: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._compile_for(tensors, aten_graph)
+        # Untimed: the policy prices recompiles from weight sets compiled later (a recompile
+        # skips AOTAutograd's trace, which this first compile came after).
+        self._compile_for(_C.frozen_signature(tensors, list(range(len(tensors)))), tensors, aten_graph)
 
-    def _compile_for(self, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
+    def _compile_for(self, key: bytes, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
         fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
         # The tensors and their storages stay referenced with their entry, so their identities
         # are not reused meanwhile (a storage swapped out by `param.data = other` included).
         storages = [t.untyped_storage() for t in tensors]
-        self._compiled[_C.frozen_signature(tensors, list(range(len(tensors))))] = (fn, tensors, storages)
+        self._compiled[key] = (fn, tensors, storages)
         while len(self._compiled) > self.MAX_WEIGHT_SETS:
             self._compiled.popitem(last=False)
         return fn
 
     def __call__(self, args: list) -> Any:
-        entry = self._compiled.get(_C.frozen_signature(args, self._positions))
-        if entry is not None:
-            fn = entry[0]
-        else:
-            with self._lock:
-                fn = self._compile_for([args[i] for i in self._positions], copy.deepcopy(self._aten_graph))
+        key = _C.frozen_signature(args, self._positions)
+        with self._lock:
+            entry = self._compiled.get(key)
+            if entry is not None:
+                self._compiled.move_to_end(key)
+                fn = entry[0]
+            elif self._policy.worth_compiling(key, free_slot=len(self._compiled) < self.MAX_WEIGHT_SETS):
+                tensors = [args[i] for i in self._positions]
+                fn = self._policy.compile(key, lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))
+            else:
+                fn = None
+        if fn is None:
+            return self._policy.run_in_eager(key, lambda: self._aten_graph(*args))
         return fn(*args)
 
 
@@ -103,9 +116,10 @@ def _mutated_inputs() -> set[int]:
 
 
 def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
-            compile_captured: Callable[[CapturedGraph], Callable]) -> Callable:
+            compile_captured: Callable[[CapturedGraph], Callable], policy: RecompilePolicy) -> Callable:
     """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`.
-    `frozen_inputs` (from parameter_or_buffer_inputs) marks the inputs to treat as constants."""
+    `frozen_inputs` (from parameter_or_buffer_inputs) marks the inputs to treat as constants;
+    `policy` decides when other weight sets compile."""
     # aot_module_simplified lifts the module's own parameters and buffers ahead of the inputs.
     lifted = [*dict(graph_module.named_parameters(remove_duplicate=False)).values(),
               *dict(graph_module.named_buffers(remove_duplicate=False)).values()]
@@ -120,7 +134,7 @@ def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], froz
         mutated = _mutated_inputs()
         positions = [i for i, (t, f) in enumerate(zip(flat, frozen_flags))
                      if f and isinstance(t, torch.Tensor) and i not in mutated]
-        return FrozenInputsGuard(aten_graph, positions, [flat[i] for i in positions], compile_captured)
+        return FrozenInputsGuard(aten_graph, positions, [flat[i] for i in positions], compile_captured, policy)
 
     def training_compiler(_graph: fx.GraphModule, _inputs: list) -> Callable:
         raise AspenError("aspen compiles inference graphs only")

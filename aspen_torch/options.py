@@ -20,15 +20,15 @@ class AspenOptions:
     # Smallest work (FLOPs) worth a tile of its own; see apu/policy.py.
     min_tile_flops: float = 4e6
     tiles_per_dse: int = 1
-    # A graph with symbolic sizes gets a plan per concrete input shape. "eager_until_hot":
-    # after the first, a new shape runs in eager until the time spent on it pays a compile
-    # (see backend._PerShapeCompiler); "compile": every shape compiles on first sight.
-    # None: "compile" in strict mode (which runs nothing in eager), else "eager_until_hot".
-    cold_shapes: Optional[str] = None
+    # An input a compiled graph has no plan for (a new shape of a graph with symbolic sizes,
+    # another weight set of a graph shared by instances of one model class): "when_hot" runs
+    # it in eager until the time spent on it pays for a compile (recompile.py), "always"
+    # compiles at once. None: "always" in strict mode (which runs nothing in eager), else "when_hot".
+    recompiles: Optional[str] = None
 
     @property
-    def compiles_every_shape(self) -> bool:
-        return self.cold_shapes == "compile" or (self.cold_shapes is None and self.strict)
+    def recompiles_always(self) -> bool:
+        return self.recompiles == "always" or (self.recompiles is None and self.strict)
 
     @staticmethod
     def from_dict(options: Optional[Mapping[str, Any]]) -> "AspenOptions":
@@ -47,10 +47,10 @@ class AspenOptions:
         if isinstance(parsed.min_tile_flops, bool) or not isinstance(parsed.min_tile_flops, (int, float)) \
                 or not parsed.min_tile_flops > 0:
             raise ValueError(f"aspen: min_tile_flops must be a number > 0, got {parsed.min_tile_flops!r}")
-        if parsed.cold_shapes not in (None, "eager_until_hot", "compile"):
-            raise ValueError(f"aspen: cold_shapes must be 'eager_until_hot' or 'compile', got {parsed.cold_shapes!r}")
-        if parsed.strict and parsed.cold_shapes == "eager_until_hot":
-            raise ValueError("aspen: strict mode runs nothing in eager, so it takes no cold_shapes='eager_until_hot'")
+        if parsed.recompiles not in (None, "when_hot", "always"):
+            raise ValueError(f"aspen: recompiles must be 'when_hot' or 'always', got {parsed.recompiles!r}")
+        if parsed.strict and parsed.recompiles == "when_hot":
+            raise ValueError("aspen: strict mode runs nothing in eager, so it takes no recompiles='when_hot'")
         return parsed
 
 

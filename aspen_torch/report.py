@@ -21,8 +21,8 @@ class CompileReport:
     activation_bytes: int = 0
     tile_graphs: list[TileGraph] = dataclasses.field(default_factory=list)
     program_ids: list[int] = dataclasses.field(default_factory=list)  # the first plan's, per tile graph
-    # Calls of a symbolic-size graph at shapes not compiled (yet), run in eager (options.cold_shapes).
-    cold_shape_calls: int = 0
+    # Calls at an input shape or weight set not compiled (yet), run in eager (options.recompiles).
+    cold_calls: int = 0
     scaling: Optional[ScalingReport] = None  # explain(..., measure_runs=N) fills it
 
     def record_partition(self, tile_graph: TileGraph, activation_bytes: int, program_id: int) -> None:
@@ -47,8 +47,9 @@ class CompileReport:
             lines += [f"  {op:<48} {n:>6}" for op, n in sorted(self.fallback_ops.items())]
         else:
             lines.append("no op fell back to eager")
-        if self.cold_shape_calls:
-            lines.append(f"{self.cold_shape_calls} call(s) at input shapes not compiled yet ran in eager (cold_shapes)")
+        if self.cold_calls:
+            lines.append(f"{self.cold_calls} call(s) at input shapes or weight sets not compiled yet ran in eager "
+                         "(option recompiles)")
         if self.scaling is not None:
             lines += ["scaling on paper (measured tile times, simulated schedules):", str(self.scaling)]
         return "\n".join(lines)

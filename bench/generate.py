@@ -7,8 +7,8 @@ Every decode step has a new key length, so a backend that plans per shape sees a
 shape every token. Each backend runs in a fresh process: the first generate (compiles
 included), then the median of --runs more; the tokens are checked against eager's; peak
 RSS is the process's high-water mark.
-"aspen" is the default (cold_shapes="eager_until_hot"); "aspen-compile-every-shape"
-compiles every length on first sight (cold_shapes="compile", as strict mode does).
+"aspen" is the default (recompiles="when_hot"); "aspen-compile-every-shape" compiles every
+length on first sight (recompiles="always", as strict mode does).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 BACKEND_OPTIONS = {
     "aspen": {},
-    "aspen-compile-every-shape": {"cold_shapes": "compile"},
+    "aspen-compile-every-shape": {"recompiles": "always"},
 }
 
 
@@ -57,7 +57,7 @@ def measure(backend: str, prompt: int, new_tokens: int, runs: int) -> dict:
     with open("/proc/self/status") as status:
         peak_rss_mib = int(status.read().split("VmHWM:")[1].split()[0]) / 1024
     return {"first_s": first, "generate_ms": statistics.median(times) * 1e3, "same_tokens": same,
-            "graphs_compiled": report.num_graphs, "calls_in_eager": report.cold_shape_calls,
+            "graphs_compiled": report.num_graphs, "calls_in_eager": report.cold_calls,
             "peak_rss_mib": peak_rss_mib}
 
 

@@ -3,6 +3,7 @@ as eager's do; runtime stats."""
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import signal
 import time
@@ -85,26 +86,31 @@ def _symbolic_mlp_compiled_with(options: dict, report: aspen_torch.CompileReport
     return model, compiled
 
 
+def _count_seconds(monkeypatch) -> None:
+    """A clock that advances one second per reading: every compile and every eager call the
+    recompile policy times takes one second."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(aspen_torch.recompile.RecompilePolicy, "clock", staticmethod(lambda: float(next(ticks))))
+
+
 def test_a_new_shape_runs_in_eager_until_its_eager_time_pays_a_compile(monkeypatch):
     """A decoder's KV cache grows a token per step: a plan per length would compile on every
     token. After the first shape of a symbolic graph, a new shape runs in eager until the
-    eager time spent at it reaches the last compile's time. With a clock that advances one
-    second per reading, a compile and an eager call both take one second, so a new shape
-    runs in eager once and compiles on its second call."""
-    ticks = iter(range(10**6))
-    monkeypatch.setattr(aspen_torch.backend._PerShapeCompiler, "clock", staticmethod(lambda: float(next(ticks))))
+    eager time spent at it reaches the last compile's time: with compiles and eager calls
+    of one second each, a new shape runs in eager once and compiles on its second call."""
+    _count_seconds(monkeypatch)
     report = aspen_torch.CompileReport()
     model, compiled = _symbolic_mlp_compiled_with({}, report)
     with torch.no_grad():
         for length, graphs, cold_calls in [(16, 1, 0), (24, 1, 1), (24, 2, 1), (24, 2, 1), (40, 2, 2), (16, 2, 2)]:
             x = torch.randn(1, length, 32)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-            assert (report.num_graphs, report.cold_shape_calls) == (graphs, cold_calls), f"after length {length}"
-    assert "2 call(s) at input shapes not compiled yet ran in eager" in str(report)
+            assert (report.num_graphs, report.cold_calls) == (graphs, cold_calls), f"after length {length}"
+    assert "2 call(s) at input shapes or weight sets not compiled yet ran in eager" in str(report)
 
 
-def test_strict_mode_and_cold_shapes_compile_compile_every_shape_at_once():
-    for options in ({"strict": True}, {"cold_shapes": "compile"}):
+def test_strict_mode_and_recompiles_always_compile_every_shape_at_once():
+    for options in ({"strict": True}, {"recompiles": "always"}):
         report = aspen_torch.CompileReport()
         torch._dynamo.reset()
         model, compiled = _symbolic_mlp_compiled_with(options, report)
@@ -112,7 +118,27 @@ def test_strict_mode_and_cold_shapes_compile_compile_every_shape_at_once():
             for length in (16, 24, 40):
                 x = torch.randn(1, length, 32)
                 torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-        assert (report.num_graphs, report.cold_shape_calls) == (3, 0), options
+        assert (report.num_graphs, report.cold_calls) == (3, 0), options
+
+
+def test_more_instances_than_weight_sets_kept_do_not_compile_every_call(monkeypatch):
+    """Instances of one model class share dynamo's graph; aspen keeps a plan per weight set.
+    With room for two, a third instance runs in eager until hot (one call here, see
+    _count_seconds), then compiles and evicts the least recently used set, which runs in
+    eager again when it comes back. Without this, three instances called in turn compiled
+    on every call."""
+    _count_seconds(monkeypatch)
+    monkeypatch.setattr(aspen_torch.capture.FrozenInputsGuard, "MAX_WEIGHT_SETS", 2)
+    models = [nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval() for _ in range(3)]
+    report = aspen_torch.CompileReport()
+    backend = functools.partial(aspen_torch.aspen_backend, report=report)  # one backend: dynamo shares the graph
+    compiled = [torch.compile(m, backend=backend) for m in models]
+    x = torch.randn(4, 32)
+    calls = [(0, 1, 0), (1, 2, 0), (0, 2, 0), (2, 2, 1), (2, 3, 1), (1, 3, 2), (0, 3, 2), (1, 4, 2), (2, 4, 3)]
+    with torch.no_grad():
+        for i, graphs, cold_calls in calls:
+            torch.testing.assert_close(compiled[i](x), models[i](x), rtol=1e-4, atol=1e-4)
+            assert (report.num_graphs, report.cold_calls) == (graphs, cold_calls), f"calling instance {i}"
 
 
 def test_compiled_partition_rejects_mismatched_inputs():

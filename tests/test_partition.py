@@ -87,8 +87,8 @@ def test_options_are_validated():
     for bad, match in [({"num_dses": 0}, "num_dses"), ({"num_dses": 2.0}, "num_dses"),
                        ({"tiles_per_dse": "2"}, "tiles_per_dse"), ({"tiles_per_dse": 0}, "tiles_per_dse"),
                        ({"min_tile_flops": "1e6"}, "min_tile_flops"), ({"min_tile_flops": float("nan")}, "min_tile_flops"),
-                       ({"strict": 1}, "strict"), ({"cold_shapes": "eager"}, "cold_shapes"),
-                       ({"strict": True, "cold_shapes": "eager_until_hot"}, "strict mode runs nothing in eager")]:
+                       ({"strict": 1}, "strict"), ({"recompiles": "never"}, "recompiles"),
+                       ({"strict": True, "recompiles": "when_hot"}, "strict mode runs nothing in eager")]:
         torch._dynamo.reset()
         with pytest.raises(Exception, match=match):
             with torch.no_grad():

@@ -1,0 +1,70 @@
+"""When a compiled graph meets an input it has no plan for (a new shape of a graph with
+symbolic sizes, another weight set of a graph shared by instances of one model class):
+compile a plan for it now, or run it in eager until it has earned one."""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Hashable, Optional, TypeVar
+
+from .report import CompileReport
+
+log = logging.getLogger("aspen_torch")
+
+T = TypeVar("T")
+
+
+class RecompilePolicy:
+    """A compile costs 0.2-3 s. A decoder's KV cache has a new length every token, and an
+    ensemble of more model instances than the plans kept would recompile on every call; so
+    an input with no plan compiles at once only while `free_slot` says the plans kept have
+    room, or before any compile was timed. Otherwise it runs in eager until the eager time
+    spent on it reaches the last compile's time, and then compiles (ski rental: an input
+    never costs more than twice the better of always-eager and compile-at-once, which only
+    hindsight knows). `always` (option recompiles="always", strict mode) compiles at once.
+    Callers hold their own lock around worth_compiling and compile."""
+
+    MAX_COLD_KEYS = 4096  # eager seconds kept per input without a plan (least recently used dropped)
+    clock = staticmethod(time.perf_counter)  # seconds; tests count calls instead
+
+    def __init__(self, always: bool, what: str, report: CompileReport) -> None:
+        self._always = always
+        self._what = what  # names the inputs in the log: "input shape", "weight set"
+        self._report = report
+        self._compile_seconds: Optional[float] = None  # of the last compile: the price of a new one
+        self._eager_seconds: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def worth_compiling(self, key: Hashable, free_slot: bool) -> bool:
+        with self._lock:
+            return self._always or free_slot or self._compile_seconds is None or \
+                self._eager_seconds.get(key, 0.0) >= self._compile_seconds
+
+    def compile(self, key: Hashable, make: Callable[[], T]) -> T:
+        start = self.clock()
+        compiled = make()
+        with self._lock:
+            self._compile_seconds = self.clock() - start
+            self._eager_seconds.pop(key, None)
+        return compiled
+
+    def run_in_eager(self, key: Hashable, run: Callable[[], Any]) -> Any:
+        with self._lock:
+            first, self._warned = not self._warned, True
+            self._report.cold_calls += 1
+        if first:
+            log.warning("aspen: a new %s runs in eager until the time spent on it pays for compiling it "
+                        "(%.2f s); options={'recompiles': 'always'} compiles at once", self._what,
+                        self._compile_seconds)
+        log.debug("aspen: %s %s runs in eager (not hot yet)", self._what, key)
+        start = self.clock()
+        result = run()
+        spent = self.clock() - start
+        with self._lock:
+            self._eager_seconds[key] = self._eager_seconds.pop(key, 0.0) + spent
+            while len(self._eager_seconds) > self.MAX_COLD_KEYS:
+                self._eager_seconds.popitem(last=False)
+        return result
