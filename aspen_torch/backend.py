@@ -48,6 +48,15 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
     return partitioned.graph_module
 
 
+def capture_and_compile(graph_module: fx.GraphModule, example_inputs: Sequence[Any], frozen_inputs: list[bool],
+                        options: AspenOptions, report: CompileReport, packs: PackedWeights) -> Callable:
+    """A graph of static shapes, captured and compiled; other weight sets compile as its
+    RecompilePolicy says."""
+    return capture(graph_module, example_inputs, frozen_inputs,
+                   lambda captured: compile_captured(captured, options, report, packs),
+                   RecompilePolicy(options.recompiles_always, "weight set", report))
+
+
 def _has_symbolic_shapes(example_inputs: Sequence[Any]) -> bool:
     return any(isinstance(x, torch.SymInt) or (isinstance(x, torch.Tensor) and any(
         isinstance(s, torch.SymInt) for s in x.shape)) for x in example_inputs)
@@ -104,9 +113,9 @@ class _PerShapeCompiler:
         with self._lock:
             fn = self._compiled.get(key)
             if fn is None and self._policy.worth_compiling(key, free_slot=False):
-                fn = self._policy.compile(key, lambda: capture(
-                    _with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._compile_captured,
-                    RecompilePolicy(self._options.recompiles_always, "weight set", self._report)))
+                fn = self._policy.compile(key, lambda: capture_and_compile(
+                    _with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._options,
+                    self._report, self._packs))
                 self._compiled[key] = fn
                 while len(self._compiled) > self.MAX_PLANS:
                     self._compiled.popitem(last=False)
@@ -115,9 +124,6 @@ class _PerShapeCompiler:
         if fn is None:
             return self._policy.run_in_eager(key, lambda: self._graph_module(*args))
         return fn(*args)
-
-    def _compile_captured(self, captured: CapturedGraph) -> Callable:
-        return compile_captured(captured, self._options, self._report, self._packs)
 
 
 def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
@@ -137,6 +143,4 @@ def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
     numbers = _read_by_item(graph_module)
     if _has_symbolic_shapes(example_inputs) or numbers:
         return _PerShapeCompiler(graph_module, frozen_inputs, numbers, opts, report, SHARED_PACKS)
-    return capture(graph_module, example_inputs, frozen_inputs,
-                   lambda captured: compile_captured(captured, opts, report, SHARED_PACKS),
-                   RecompilePolicy(opts.recompiles_always, "weight set", report))
+    return capture_and_compile(graph_module, example_inputs, frozen_inputs, opts, report, SHARED_PACKS)

@@ -182,7 +182,12 @@ def rss_probe(workload_name: str, backend: str, calls: int) -> float:
         fn = BACKENDS[backend](model)
         for _ in range(calls):
             fn(*inputs)
-    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the (large) parent across fork+exec.
+    return own_peak_rss_mib()
+
+
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    over from the (large) parent across fork+exec."""
     status = Path("/proc/self/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
 

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -33,6 +34,9 @@ def measure(backend: str, prompt: int, new_tokens: int, runs: int) -> dict:
     import transformers
 
     import aspen_torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
 
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
@@ -54,11 +58,9 @@ def measure(backend: str, prompt: int, new_tokens: int, runs: int) -> dict:
             start = time.perf_counter()
             same &= torch.equal(model.generate(ids, **settings), expected)
             times.append(time.perf_counter() - start)
-    with open("/proc/self/status") as status:
-        peak_rss_mib = int(status.read().split("VmHWM:")[1].split()[0]) / 1024
     return {"first_s": first, "generate_ms": statistics.median(times) * 1e3, "same_tokens": same,
             "graphs_compiled": report.num_graphs, "calls_in_eager": report.cold_calls,
-            "peak_rss_mib": peak_rss_mib}
+            "peak_rss_mib": bench.own_peak_rss_mib()}
 
 
 def main() -> None:
