@@ -5,6 +5,7 @@ import collections
 import copy
 import dataclasses
 import threading
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -47,6 +48,28 @@ def parameter_or_buffer_inputs(graph_module: fx.GraphModule, example_inputs: Seq
     return flags
 
 
+@dataclasses.dataclass
+class _WeightSet:
+    """A plan compiled for one set of frozen tensors. It holds them weakly, so that a model
+    deleted (or a notebook cell run again) frees its weights and their plan, and their
+    storages strongly, so that no storage of theirs is freed and reused at the same address
+    while the set is kept."""
+
+    compiled: Callable
+    tensors: list[weakref.ref]
+    versions: list[int]  # -1 for inference tensors, which keep no version
+    storages: list[torch.UntypedStorage]
+
+    def outdated(self) -> bool:
+        """True once a tensor died or was written in place: versions only grow, so the set
+        can never be called again."""
+        for ref, version in zip(self.tensors, self.versions):
+            tensor = ref()
+            if tensor is None or (version >= 0 and tensor._version != version):
+                return True
+        return False
+
+
 class FrozenInputsGuard:
     """The boxed callable handed back to AOTAutograd. Dynamo reuses a compiled graph for
     another module instance of the same shapes and does not see in-place weight updates,
@@ -54,9 +77,11 @@ class FrozenInputsGuard:
     are the tensors, at the versions and over the storages, that it was compiled for, and
     compiles the kept aten graph again for others: at once while fewer than MAX_WEIGHT_SETS
     are kept, else when hot (RecompilePolicy: an ensemble of more instances than that, called
-    in turn, would otherwise compile on every call), evicting the least recently used. Writes
-    through `param.data` bump no version and are not seen (as with inductor's freezing), nor
-    are writes to inference tensors (weights created under torch.inference_mode)."""
+    in turn, would otherwise compile on every call), evicting the least recently used. A set
+    whose tensors died or were written in place is dropped, so fine-tuning with compiled
+    evaluations, or models created anew, keep one set's memory. Writes through `param.data`
+    bump no version and are not seen (as with inductor's freezing), nor are writes to
+    inference tensors (weights created under torch.inference_mode)."""
 
     _boxed_call = True  # AOTAutograd passes the arguments as one list
     MAX_WEIGHT_SETS = 8
@@ -71,34 +96,49 @@ class FrozenInputsGuard:
         self._positions = positions
         self._compile_captured = compile_captured
         self._policy = policy
-        self._compiled: collections.OrderedDict = collections.OrderedDict()
+        self._sets: collections.OrderedDict[bytes, _WeightSet] = collections.OrderedDict()
         self._lock = threading.Lock()
         # Untimed: the policy prices recompiles from weight sets compiled later (a recompile
         # skips AOTAutograd's trace, which this first compile came after).
         self._compile_for(_C.frozen_signature(tensors, list(range(len(tensors)))), tensors, aten_graph)
 
     def _compile_for(self, key: bytes, tensors: list[torch.Tensor], aten_graph: fx.GraphModule) -> Callable:
-        fn = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, tensors))))
-        # The tensors and their storages stay referenced with their entry, so their identities
-        # are not reused meanwhile (a storage swapped out by `param.data = other` included).
-        storages = [t.untyped_storage() for t in tensors]
-        self._compiled[key] = (fn, tensors, storages)
-        while len(self._compiled) > self.MAX_WEIGHT_SETS:
-            self._compiled.popitem(last=False)
-        return fn
+        # Plans get aliases: if they held the parameters themselves, the weak references
+        # below would never see them die.
+        with unset_fake_temporarily():
+            aliases = [t.detach() for t in tensors]
+        compiled = self._compile_captured(CapturedGraph(aten_graph, dict(zip(self._positions, aliases))))
+        guard = weakref.ref(self)
+
+        def drop_set(_dead: weakref.ref) -> None:
+            # Runs wherever the last reference went, maybe inside __call__ under the lock on
+            # this thread: so no lock here; OrderedDict.pop is one step under the GIL.
+            alive = guard()
+            if alive is not None:
+                alive._sets.pop(key, None)
+
+        self._sets[key] = _WeightSet(compiled, [weakref.ref(t, drop_set) for t in tensors],
+                                     [-1 if t.is_inference() else t._version for t in tensors],
+                                     [t.untyped_storage() for t in tensors])
+        while len(self._sets) > self.MAX_WEIGHT_SETS:
+            self._sets.popitem(last=False)
+        return compiled
 
     def __call__(self, args: list) -> Any:
         key = _C.frozen_signature(args, self._positions)
         with self._lock:
-            entry = self._compiled.get(key)
+            entry = self._sets.get(key)
             if entry is not None:
-                self._compiled.move_to_end(key)
-                fn = entry[0]
-            elif self._policy.worth_compiling(key, free_slot=len(self._compiled) < self.MAX_WEIGHT_SETS):
-                tensors = [args[i] for i in self._positions]
-                fn = self._policy.compile(key, lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))
+                self._sets.move_to_end(key)
+                fn = entry.compiled
             else:
-                fn = None
+                for outdated in [k for k, s in list(self._sets.items()) if s.outdated()]:
+                    self._sets.pop(outdated, None)
+                if self._policy.worth_compiling(key, free_slot=len(self._sets) < self.MAX_WEIGHT_SETS):
+                    tensors = [args[i] for i in self._positions]
+                    fn = self._policy.compile(key, lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))
+                else:
+                    fn = None
         if fn is None:
             return self._policy.run_in_eager(key, lambda: self._aten_graph(*args))
         return fn(*args)

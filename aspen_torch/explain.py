@@ -22,7 +22,7 @@ def explain(model: torch.nn.Module, *example_inputs: Any, options: Optional[Mapp
     With measure_runs > 0 it also times every tile over that many traced calls and fills
     `report.scaling`: work, span and simulated makespans for 1-64 DSEs against an
     operator-barrier schedule of the same tiles (see aspen_torch/scaling.py)."""
-    report = CompileReport()
+    report = CompileReport(keep_tile_graphs=True)
     compiled = torch.compile(model, backend=functools.partial(aspen_backend, options=options, report=report))
     with torch.no_grad():
         compiled(*example_inputs, **example_kwargs)

@@ -19,6 +19,10 @@ class CompileReport:
     num_partitions: int = 0
     num_graphs: int = 0
     activation_bytes: int = 0
+    # explain() keeps every tile graph for inspection; a compiled model does not: a tile graph
+    # holds its constants (folded, packed weights), and a model recompiled for new weights or
+    # shapes would keep each compile's copy alive for as long as dynamo keeps the graph.
+    keep_tile_graphs: bool = False
     tile_graphs: list[TileGraph] = dataclasses.field(default_factory=list)
     program_ids: list[int] = dataclasses.field(default_factory=list)  # the first plan's, per tile graph
     # Calls at an input shape or weight set not compiled (yet), run in eager (options.recompiles).
@@ -31,8 +35,9 @@ class CompileReport:
         self.num_edges += len(tile_graph.edges)
         self.tiles_per_op.update(tile_graph.tiles_per_op())
         self.activation_bytes += activation_bytes
-        self.tile_graphs.append(tile_graph)
-        self.program_ids.append(program_id)
+        if self.keep_tile_graphs:
+            self.tile_graphs.append(tile_graph)
+            self.program_ids.append(program_id)
 
     def __str__(self) -> str:
         lines = [

@@ -22,7 +22,7 @@ def assert_matches_eager(model: torch.nn.Module, *inputs: Any, rtol: float = RTO
     """Compiles `model` with aspen in strict mode (a fallback raises), runs it `calls`
     times and checks every output against eager. Returns what the compile produced."""
     torch._dynamo.reset()
-    report = aspen_torch.CompileReport()
+    report = aspen_torch.CompileReport(keep_tile_graphs=True)
     compiled = torch.compile(model, backend=lambda gm, ex: aspen_torch.aspen_backend(
         gm, ex, {"strict": True, **(options or {})}, report=report))
     with torch.no_grad():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import gc
 import os
 import signal
 import time
 import types
+import weakref
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from helpers import assert_matches_eager, assert_same_layout, compile_strict
 
 import aspen_torch
 from aspen_torch import AspenInputError
+from aspen_torch.apu.prepack import SHARED_PACKS
 from aspen_torch.execute import CompiledPartition
 from aspen_torch.models import resnet18
 from aspen_torch.output_layout import OutputLayout
@@ -66,7 +69,7 @@ def test_plans_per_sequence_length_share_packed_weights_and_stay_bounded(monkeyp
     are kept (a length seen again after eviction compiles again, correctly)."""
     monkeypatch.setattr(aspen_torch.backend._PerShapeCompiler, "MAX_PLANS", 2)
     model = nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 128)).eval()
-    report = aspen_torch.CompileReport()
+    report = aspen_torch.CompileReport(keep_tile_graphs=True)
     compiled = torch.compile(model, dynamic=True, backend=lambda gm, ex: aspen_torch.aspen_backend(
         gm, ex, {"strict": True}, report=report))
     with torch.no_grad():
@@ -187,7 +190,7 @@ def _modules_of(compiled_fn):
                 stack.append(cell.cell_contents)
             except ValueError:
                 pass
-        for attr in ("__wrapped__", "__self__", "compiled_fn", "_compiled"):
+        for attr in ("__wrapped__", "__self__", "compiled_fn", "_sets", "compiled"):
             if hasattr(obj, attr):
                 value = getattr(obj, attr)
                 stack.extend(value.values() if isinstance(value, dict) else [value])
@@ -236,6 +239,70 @@ def test_model_built_under_inference_mode():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
         other = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
         torch.testing.assert_close(compile_strict(other)(x), other(x), rtol=1e-4, atol=1e-4)
+
+
+def _packed_mlp() -> nn.Module:
+    """Linears big enough at 64 rows for packed oneDNN weights (rules/matmul.py)."""
+    return nn.Sequential(nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 128)).eval()
+
+
+def test_a_deleted_model_frees_its_weights_and_packings():
+    """Models created anew (a notebook cell run again, a sweep) share dynamo's graph. The
+    weight sets it kept held the dead models' parameters and a packed copy of each, and the
+    compile report every compile's tile graph: 45-90 MB per ResNet-18 created."""
+    torch._dynamo.reset()
+    gc.collect()  # earlier tests' compiled graphs, and their packings, go now and not mid-test
+    x = torch.randn(64, 128)
+    packings_before = len(SHARED_PACKS)
+    with torch.no_grad():
+        for _ in range(3):
+            model = _packed_mlp()
+            compiled = compile_strict(model)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            assert len(SHARED_PACKS) == packings_before + 2
+            weight = weakref.ref(model[0].weight)
+            del model, compiled
+            gc.collect()
+            assert weight() is None, "the compiled graph keeps a deleted model's weights"
+            assert len(SHARED_PACKS) == packings_before, "the compiled graph keeps a deleted model's packings"
+
+
+def test_weights_written_in_place_keep_one_weight_set(monkeypatch):
+    """Fine-tuning with a compiled evaluation after every step: each step writes the weights
+    in place, so each evaluation compiles for new versions. A set of older versions can never
+    be called again and is dropped: every evaluation compiles at once (none runs in eager
+    for want of room) and one set of packings stays alive."""
+    monkeypatch.setattr(aspen_torch.capture.FrozenInputsGuard, "MAX_WEIGHT_SETS", 2)
+    torch._dynamo.reset()
+    model = _packed_mlp()
+    report = aspen_torch.CompileReport()
+    compiled = torch.compile(model, backend=functools.partial(aspen_torch.aspen_backend, report=report))
+    x = torch.randn(64, 128)
+    gc.collect()
+    packings_before = len(SHARED_PACKS)
+    with torch.no_grad():
+        for _ in range(5):
+            for p in model.parameters():
+                p.add_(0.01)  # an optimizer step
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            gc.collect()  # a compiled fx graph is a reference cycle: the dropped plan goes at a collection
+            assert len(SHARED_PACKS) == packings_before + 2
+    assert (report.num_graphs, report.cold_calls) == (5, 0)
+
+
+def test_weights_swapped_back_by_data_use_their_kept_set():
+    """`param.data = t` keeps the tensor and its version and swaps the storage: switching
+    between two weight tensors and back finds the plan kept for each."""
+    model = _packed_mlp()
+    report = aspen_torch.CompileReport()
+    compiled = torch.compile(model, backend=functools.partial(aspen_torch.aspen_backend, report=report))
+    x = torch.randn(64, 128)
+    first, second = model[0].weight.data, torch.randn_like(model[0].weight)
+    with torch.no_grad():
+        for weight in (first, second, first, second):
+            model[0].weight.data = weight
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    assert (report.num_graphs, report.cold_calls) == (2, 0)
 
 
 def test_a_forked_child_runs_on_a_runtime_of_its_own():
