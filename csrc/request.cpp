@@ -25,9 +25,9 @@ Request::Request(std::shared_ptr<const Program> program, bool urgent)
     pending_deps_[i].store(program_->initial_deps(i), std::memory_order_relaxed);
 }
 
-void Request::fail(const std::string& message) {
+void Request::fail(const TileError& error) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!failed_.load(std::memory_order_relaxed)) error_ = message;
+  if (!failed_.load(std::memory_order_relaxed)) error_ = error;
   failed_.store(true, std::memory_order_release);
 }
 
@@ -49,7 +49,20 @@ void Request::wait() {
   done_cv_.wait(lock, is_done);
   program_->note_duration_ns(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - submitted_).count());
-  TORCH_CHECK(error_.empty(), error_);
+  if (!error_) return;
+  switch (error_->kind) {
+    case ErrorKind::kIndex:
+      TORCH_CHECK_INDEX(false, error_->message);
+    case ErrorKind::kValue:
+      TORCH_CHECK_VALUE(false, error_->message);
+    case ErrorKind::kType:
+      TORCH_CHECK_TYPE(false, error_->message);
+    case ErrorKind::kNotImplemented:
+      TORCH_CHECK_NOT_IMPLEMENTED(false, error_->message);
+    case ErrorKind::kRuntime:
+      break;
+  }
+  TORCH_CHECK(false, error_->message);
 }
 
 }  // namespace aspen

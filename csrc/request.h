@@ -9,9 +9,19 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace aspen {
+
+// The c10 error class a tile raised; the caller gets the same one, so Python sees the
+// exception type eager raises (an embedding index out of range is an IndexError).
+enum class ErrorKind { kRuntime, kIndex, kValue, kType, kNotImplemented };
+
+struct TileError {
+  ErrorKind kind;
+  std::string message;
+};
 
 class Request {
  public:
@@ -41,11 +51,11 @@ class Request {
 
   // After a failure the remaining tiles are drained without running kernels,
   // so the request still completes and no queued tile outlives it.
-  void fail(const std::string& message);
+  void fail(const TileError& error);
   bool failed() const { return failed_.load(std::memory_order_acquire); }
 
   void mark_done();
-  // Blocks until every tile finished; throws the first tile error. Polls (yielding) first
+  // Blocks until every tile finished; throws the first tile error as its c10 class. Polls (yielding) first
   // if the program's recent requests were short (request.cpp), else sleeps.
   void wait();
 
@@ -59,7 +69,7 @@ class Request {
   std::mutex mu_;
   std::condition_variable done_cv_;
   std::atomic<bool> done_{false};  // set under mu_, so a waiter cannot miss the notify
-  std::string error_;
+  std::optional<TileError> error_;
 };
 
 }  // namespace aspen

@@ -30,22 +30,32 @@ void pin_aten_to_one_thread() {
   at::set_num_threads(1);
 }
 
-// Runs `spec` between two samples of `meter` if given; returns the error, empty if none.
-std::string try_run_tile(const TileSpec& spec, int index, PreemptionMeter* meter) {
+// Runs `spec` between two samples of `meter` if given; returns the error, if any.
+std::optional<TileError> try_run_tile(const TileSpec& spec, int index, PreemptionMeter* meter) {
   if (meter != nullptr) meter->observe();
   try {
     run_tile(spec, index);
+  } catch (const c10::IndexError& e) {
+    return TileError{ErrorKind::kIndex, e.what_without_backtrace()};
+  } catch (const c10::ValueError& e) {
+    return TileError{ErrorKind::kValue, e.what_without_backtrace()};
+  } catch (const c10::TypeError& e) {
+    return TileError{ErrorKind::kType, e.what_without_backtrace()};
+  } catch (const c10::NotImplementedError& e) {
+    return TileError{ErrorKind::kNotImplemented, e.what_without_backtrace()};
   } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
+    return TileError{ErrorKind::kRuntime, e.what_without_backtrace()};
   } catch (const std::exception& e) {
-    return e.what();
+    return TileError{ErrorKind::kRuntime, e.what()};
   }
   if (meter != nullptr) meter->observe();
-  return {};
+  return std::nullopt;
 }
 
-std::string tile_error(const Request& request, int32_t tile, const std::string& error) {
-  return "aspen: tile " + std::to_string(tile) + " (" + request.program().tile(tile).label + ") failed: " + error;
+// The error with the tile it came from.
+TileError tile_error(const Request& request, int32_t tile, const TileError& error) {
+  return {error.kind,
+          "aspen: tile " + std::to_string(tile) + " (" + request.program().tile(tile).label + ") failed: " + error.message};
 }
 
 // Waits a moment (~1 us) without giving up the core. x86's pause is a GCC builtin there
@@ -223,9 +233,9 @@ void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec,
   if (request->failed()) return;
   const bool tracing = tracing_.load(std::memory_order_relaxed);
   const int64_t start = tracing ? wall_ns() : 0;
-  const std::string error = try_run_tile(spec, index, meter);
-  if (!error.empty()) {
-    request->fail(tile_error(*request, item.tile, error));
+  const std::optional<TileError> error = try_run_tile(spec, index, meter);
+  if (error) {
+    request->fail(tile_error(*request, item.tile, *error));
   } else if (tracing) {
     record_trace(index, request->program_ptr(), item, start);
   }
@@ -255,17 +265,17 @@ bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece,
   std::shared_ptr<const Program> program = tracing ? request->program_ptr() : nullptr;
   const int64_t start = tracing ? wall_ns() : 0;
   speculative_.start(index, self->cpu_clock, piece);
-  std::string error = try_run_tile(spec, index, &self->meter);
+  std::optional<TileError> error = try_run_tile(spec, index, &self->meter);
   if (!speculative_.commit(index)) return false;
-  if (error.empty()) {
+  if (!error) {
     try {
       out.copy_(spec.tensors[0]);
     } catch (const std::exception& e) {
-      error = e.what();
+      error = TileError{ErrorKind::kRuntime, e.what()};
     }
   }
-  if (!error.empty()) {
-    request->fail(tile_error(*request, piece.tile, error));
+  if (error) {
+    request->fail(tile_error(*request, piece.tile, *error));
   } else if (tracing) {
     record_trace(index, std::move(program), piece, start);
   }

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_matches_eager
+from helpers import assert_matches_eager, compile_strict
 
 from aspen_torch.apu.tile_graph import TileKind
 from aspen_torch.models import GPTBlock
@@ -24,6 +24,19 @@ def test_embedding_and_layer_norm():
             return self.ln(self.emb(ids) * 2)
 
     assert_matches_eager(Model().eval(), torch.randint(0, 50, (3, 17)), options=MANY_TILES)
+
+
+def test_token_id_out_of_range_raises_eagers_index_error():
+    """A tile's c10 error reaches the caller as the Python class eager raises (IndexError
+    here, which a caller may catch), naming the tile; the compiled model stays usable."""
+    model = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16)).eval()
+    compiled = compile_strict(model)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids), model(ids), rtol=1e-4, atol=1e-4)
+        with pytest.raises(IndexError, match=r"aspen: tile \d+ \(embedding .*\) failed: index out of range"):
+            compiled(torch.tensor([[1, 2, 30]]))
+        torch.testing.assert_close(compiled(ids), model(ids), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dim", [-1, 1])
