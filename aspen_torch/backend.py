@@ -110,20 +110,28 @@ class _PerShapeCompiler:
         numbers = {i: args[i].item() for i in self._numbers}
         key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
         key += tuple(numbers.items())
-        with self._lock:
-            fn = self._compiled.get(key)
-            if fn is None and self._policy.worth_compiling(key, free_slot=False):
-                fn = self._policy.compile(key, lambda: capture_and_compile(
-                    _with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._options,
-                    self._report, self._packs))
-                self._compiled[key] = fn
-                while len(self._compiled) > self.MAX_PLANS:
-                    self._compiled.popitem(last=False)
-            if fn is not None:
-                self._compiled.move_to_end(key)
+        fn = self._find(key)
+        if fn is None and self._policy.claim_compile(key, free_slot=False):
+            fn = self._policy.compile(key, lambda: self._find(key), lambda: self._compile(key, args, numbers))
         if fn is None:
             return self._policy.run_in_eager(key, lambda: self._graph_module(*args))
         return fn(*args)
+
+    def _find(self, key: tuple) -> Optional[Callable]:
+        with self._lock:
+            fn = self._compiled.get(key)
+            if fn is not None:
+                self._compiled.move_to_end(key)
+            return fn
+
+    def _compile(self, key: tuple, args: tuple, numbers: dict[int, Any]) -> Callable:
+        fn = capture_and_compile(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._options,
+                                 self._report, self._packs)
+        with self._lock:
+            self._compiled[key] = fn
+            while len(self._compiled) > self.MAX_PLANS:
+                self._compiled.popitem(last=False)
+        return fn
 
 
 def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],

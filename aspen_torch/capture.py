@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import threading
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -117,28 +117,35 @@ class FrozenInputsGuard:
             if alive is not None:
                 alive._sets.pop(key, None)
 
-        self._sets[key] = _WeightSet(compiled, [weakref.ref(t, drop_set) for t in tensors],
-                                     [-1 if t.is_inference() else t._version for t in tensors],
-                                     [t.untyped_storage() for t in tensors])
-        while len(self._sets) > self.MAX_WEIGHT_SETS:
-            self._sets.popitem(last=False)
+        weight_set = _WeightSet(compiled, [weakref.ref(t, drop_set) for t in tensors],
+                                [-1 if t.is_inference() else t._version for t in tensors],
+                                [t.untyped_storage() for t in tensors])
+        with self._lock:
+            self._sets[key] = weight_set
+            while len(self._sets) > self.MAX_WEIGHT_SETS:
+                self._sets.popitem(last=False)
         return compiled
+
+    def _find(self, key: bytes) -> Optional[Callable]:
+        with self._lock:
+            entry = self._sets.get(key)
+            if entry is None:
+                return None
+            self._sets.move_to_end(key)
+            return entry.compiled
 
     def __call__(self, args: list) -> Any:
         key = _C.frozen_signature(args, self._positions)
-        with self._lock:
-            entry = self._sets.get(key)
-            if entry is not None:
-                self._sets.move_to_end(key)
-                fn = entry.compiled
-            else:
+        fn = self._find(key)
+        if fn is None:
+            with self._lock:
                 for outdated in [k for k, s in list(self._sets.items()) if s.outdated()]:
                     self._sets.pop(outdated, None)
-                if self._policy.worth_compiling(key, free_slot=len(self._sets) < self.MAX_WEIGHT_SETS):
-                    tensors = [args[i] for i in self._positions]
-                    fn = self._policy.compile(key, lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))
-                else:
-                    fn = None
+                free_slot = len(self._sets) < self.MAX_WEIGHT_SETS
+            if self._policy.claim_compile(key, free_slot):
+                tensors = [args[i] for i in self._positions]
+                fn = self._policy.compile(key, lambda: self._find(key),
+                                          lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))
         if fn is None:
             return self._policy.run_in_eager(key, lambda: self._aten_graph(*args))
         return fn(*args)

@@ -24,7 +24,11 @@ class RecompilePolicy:
     spent on it reaches the last compile's time, and then compiles (ski rental: an input
     never costs more than twice the better of always-eager and compile-at-once, which only
     hindsight knows). `always` (option recompiles="always", strict mode) compiles at once.
-    Callers hold their own lock around worth_compiling and compile."""
+
+    A compile runs outside the caller's lock, so calls that have a plan never wait for one
+    (a server's known shapes keep their latency while a new one compiles); compiles of one
+    policy run one at a time. While an input compiles, other calls with it run in eager, or
+    under `always` wait for that compile."""
 
     MAX_COLD_KEYS = 4096  # eager seconds kept per input without a plan (least recently used dropped)
     clock = staticmethod(time.perf_counter)  # seconds; tests count calls instead
@@ -35,21 +39,40 @@ class RecompilePolicy:
         self._report = report
         self._compile_seconds: Optional[float] = None  # of the last compile: the price of a new one
         self._eager_seconds: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
+        self._compiling: collections.Counter[Hashable] = collections.Counter()  # claimed, not done
         self._warned = False
         self._lock = threading.Lock()
+        self._compile_lock = threading.Lock()
 
-    def worth_compiling(self, key: Hashable, free_slot: bool) -> bool:
+    def claim_compile(self, key: Hashable, free_slot: bool) -> bool:
+        """Whether the caller compiles `key` now; if True it must call compile(key, ...) next."""
         with self._lock:
-            return self._always or free_slot or self._compile_seconds is None or \
-                self._eager_seconds.get(key, 0.0) >= self._compile_seconds
+            claimed = self._always or (self._compiling[key] == 0 and (
+                free_slot or self._compile_seconds is None or
+                self._eager_seconds.get(key, 0.0) >= self._compile_seconds))
+            if claimed:
+                self._compiling[key] += 1
+            return claimed
 
-    def compile(self, key: Hashable, make: Callable[[], T]) -> T:
-        start = self.clock()
-        compiled = make()
-        with self._lock:
-            self._compile_seconds = self.clock() - start
-            self._eager_seconds.pop(key, None)
-        return compiled
+    def compile(self, key: Hashable, find: Callable[[], Optional[T]], make: Callable[[], T]) -> T:
+        """`make()`'s plan, or `find()`'s if another thread made it meanwhile."""
+        try:
+            with self._compile_lock:
+                found = find()
+                if found is not None:
+                    return found
+                start = self.clock()
+                made = make()
+                seconds = self.clock() - start
+            with self._lock:
+                self._compile_seconds = seconds
+                self._eager_seconds.pop(key, None)
+            return made
+        finally:
+            with self._lock:
+                self._compiling[key] -= 1
+                if not self._compiling[key]:
+                    del self._compiling[key]
 
     def run_in_eager(self, key: Hashable, run: Callable[[], Any]) -> Any:
         with self._lock:

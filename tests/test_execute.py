@@ -7,6 +7,7 @@ import functools
 import gc
 import os
 import signal
+import threading
 import time
 import types
 import weakref
@@ -122,6 +123,48 @@ def test_strict_mode_and_recompiles_always_compile_every_shape_at_once():
                 x = torch.randn(1, length, 32)
                 torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
         assert (report.num_graphs, report.cold_calls) == (3, 0), options
+
+
+def test_calls_with_a_plan_do_not_wait_for_a_compile(monkeypatch):
+    """A server's known shapes keep their latency while a new one compiles (a compile held
+    the lock that every call takes for seconds); under recompiles="always" a second call at
+    the shape being compiled waits for that compile instead of compiling it again."""
+    report = aspen_torch.CompileReport()
+    model, compiled = _symbolic_mlp_compiled_with({"recompiles": "always"}, report)
+    known, new = torch.randn(1, 16, 32), torch.randn(1, 24, 32)
+    compiling, finish_compile = threading.Event(), threading.Event()
+    capture_and_compile = aspen_torch.backend.capture_and_compile
+
+    def slow_compile(*args, **kwargs):
+        compiling.set()
+        finish_compile.wait(60)
+        return capture_and_compile(*args, **kwargs)
+
+    def call(x, results):
+        with torch.no_grad():
+            results.append(compiled(x))
+
+    with torch.no_grad():
+        compiled(known)
+    monkeypatch.setattr(aspen_torch.backend, "capture_and_compile", slow_compile)
+    new_results, known_results = [], []
+    new_callers = [threading.Thread(target=call, args=(new, new_results)) for _ in range(2)]
+    new_callers[0].start()
+    assert compiling.wait(60)
+    new_callers[1].start()
+    known_caller = threading.Thread(target=call, args=(known, known_results))
+    known_caller.start()
+    known_caller.join(30)
+    finished_first = not known_caller.is_alive()
+    finish_compile.set()
+    for t in [known_caller, *new_callers]:
+        t.join(60)
+    assert finished_first, "a call at a compiled shape waited for another shape's compile"
+    with torch.no_grad():
+        torch.testing.assert_close(known_results[0], model(known), rtol=1e-4, atol=1e-4)
+        for result in new_results:
+            torch.testing.assert_close(result, model(new), rtol=1e-4, atol=1e-4)
+    assert (len(new_results), report.num_graphs, report.cold_calls) == (2, 2, 0)
 
 
 def test_more_instances_than_weight_sets_kept_do_not_compile_every_call(monkeypatch):
