@@ -135,8 +135,12 @@ class _PerShapeCompiler:
 
 
 def aspen_backend(graph_module: fx.GraphModule, example_inputs: Sequence[Any],
-                  options: Optional[Mapping[str, Any]] = None, *, report: Optional[CompileReport] = None) -> Callable:
+                  options: Optional[Mapping[str, Any]] = None, *, mode: Optional[str] = None,
+                  report: Optional[CompileReport] = None) -> Callable:
     """torch.compile(model, backend="aspen", options={"num_dses": ..., "strict": ...})."""
+    if mode not in (None, "default"):
+        raise ValueError(f"aspen: torch.compile's mode={mode!r} is inductor's; aspen has no modes "
+                         "(its settings are options={...}: see the README)")
     opts = AspenOptions.from_dict(options)
     report = report if report is not None else CompileReport()
     if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):

@@ -93,3 +93,10 @@ def test_options_are_validated():
         with pytest.raises(Exception, match=match):
             with torch.no_grad():
                 torch.compile(nn.ReLU(), backend="aspen", options=bad)(torch.randn(3))
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="mode='max-autotune' is inductor's"):
+        with torch.no_grad():
+            torch.compile(nn.ReLU(), backend="aspen", mode="max-autotune")(torch.randn(3))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(nn.ReLU(), backend="aspen", mode="default")(torch.randn(3))
