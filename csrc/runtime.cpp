@@ -30,21 +30,22 @@ void pin_aten_to_one_thread() {
   at::set_num_threads(1);
 }
 
+// Which c10 class `error` is, for Request::wait to throw again.
+ErrorKind kind_of(const c10::Error& error) {
+  if (dynamic_cast<const c10::IndexError*>(&error) != nullptr) return ErrorKind::kIndex;
+  if (dynamic_cast<const c10::ValueError*>(&error) != nullptr) return ErrorKind::kValue;
+  if (dynamic_cast<const c10::TypeError*>(&error) != nullptr) return ErrorKind::kType;
+  if (dynamic_cast<const c10::NotImplementedError*>(&error) != nullptr) return ErrorKind::kNotImplemented;
+  return ErrorKind::kRuntime;
+}
+
 // Runs `spec` between two samples of `meter` if given; returns the error, if any.
 std::optional<TileError> try_run_tile(const TileSpec& spec, int index, PreemptionMeter* meter) {
   if (meter != nullptr) meter->observe();
   try {
     run_tile(spec, index);
-  } catch (const c10::IndexError& e) {
-    return TileError{ErrorKind::kIndex, e.what_without_backtrace()};
-  } catch (const c10::ValueError& e) {
-    return TileError{ErrorKind::kValue, e.what_without_backtrace()};
-  } catch (const c10::TypeError& e) {
-    return TileError{ErrorKind::kType, e.what_without_backtrace()};
-  } catch (const c10::NotImplementedError& e) {
-    return TileError{ErrorKind::kNotImplemented, e.what_without_backtrace()};
   } catch (const c10::Error& e) {
-    return TileError{ErrorKind::kRuntime, e.what_without_backtrace()};
+    return TileError{kind_of(e), e.what_without_backtrace()};
   } catch (const std::exception& e) {
     return TileError{ErrorKind::kRuntime, e.what()};
   }
