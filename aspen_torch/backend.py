@@ -1,10 +1,8 @@
 """The torch.compile backend: orchestrates capture -> rewrite -> partition -> APU lowering -> plan -> execution."""
 from __future__ import annotations
 
-import collections
 import copy
 import logging
-import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -19,7 +17,7 @@ from .execute import CompiledPartition
 from .options import AspenOptions
 from .partition import partition
 from .plan import plan
-from .recompile import RecompilePolicy
+from .recompile import LruPlans, RecompilePolicy
 from .report import CompileReport
 from .rewrite import recompose_activations
 from .runtime import SHARED_RUNTIME
@@ -102,35 +100,24 @@ class _PerShapeCompiler:
         self._options = options
         self._report = report
         self._packs = packs
-        self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+        self._compiled: LruPlans[Callable] = LruPlans(self.MAX_PLANS)
         self._policy = RecompilePolicy(options.recompiles_always, "input shape", report)
-        self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
         numbers = {i: args[i].item() for i in self._numbers}
         key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
         key += tuple(numbers.items())
-        fn = self._find(key)
+        fn = self._compiled.get(key)
         if fn is None and self._policy.claim_compile(key, free_slot=False):
-            fn = self._policy.compile(key, lambda: self._find(key), lambda: self._compile(key, args, numbers))
+            fn = self._policy.compile(key, lambda: self._compiled.get(key), lambda: self._compile(key, args, numbers))
         if fn is None:
             return self._policy.run_in_eager(key, lambda: self._graph_module(*args))
         return fn(*args)
 
-    def _find(self, key: tuple) -> Optional[Callable]:
-        with self._lock:
-            fn = self._compiled.get(key)
-            if fn is not None:
-                self._compiled.move_to_end(key)
-            return fn
-
     def _compile(self, key: tuple, args: tuple, numbers: dict[int, Any]) -> Callable:
         fn = capture_and_compile(_with_numbers(self._graph_module, numbers), args, self._frozen_inputs, self._options,
                                  self._report, self._packs)
-        with self._lock:
-            self._compiled[key] = fn
-            while len(self._compiled) > self.MAX_PLANS:
-                self._compiled.popitem(last=False)
+        self._compiled.put(key, fn)
         return fn
 
 

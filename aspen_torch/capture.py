@@ -1,10 +1,8 @@
 """Capture: dynamo graph -> aten inference graph (AOTAutograd) with its frozen inputs identified."""
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
-import threading
 import weakref
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,7 +16,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from . import _C
 from .apu.registry import RULES
 from .errors import AspenError
-from .recompile import RecompilePolicy
+from .recompile import LruPlans, RecompilePolicy
 
 
 @dataclasses.dataclass
@@ -96,8 +94,7 @@ class FrozenInputsGuard:
         self._positions = positions
         self._compile_captured = compile_captured
         self._policy = policy
-        self._sets: collections.OrderedDict[bytes, _WeightSet] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._sets: LruPlans[_WeightSet] = LruPlans(self.MAX_WEIGHT_SETS)
         # Untimed: the policy prices recompiles from weight sets compiled later (a recompile
         # skips AOTAutograd's trace, which this first compile came after).
         self._compile_for(_C.frozen_signature(tensors, list(range(len(tensors)))), tensors, aten_graph)
@@ -111,38 +108,27 @@ class FrozenInputsGuard:
         guard = weakref.ref(self)
 
         def drop_set(_dead: weakref.ref) -> None:
-            # Runs wherever the last reference went, maybe inside __call__ under the lock on
-            # this thread: so no lock here; OrderedDict.pop is one step under the GIL.
+            # Runs wherever the last reference went, maybe inside a method of the guard on
+            # this thread: LruPlans.discard takes no lock.
             alive = guard()
             if alive is not None:
-                alive._sets.pop(key, None)
+                alive._sets.discard(key)
 
-        weight_set = _WeightSet(compiled, [weakref.ref(t, drop_set) for t in tensors],
-                                [-1 if t.is_inference() else t._version for t in tensors],
-                                [t.untyped_storage() for t in tensors])
-        with self._lock:
-            self._sets[key] = weight_set
-            while len(self._sets) > self.MAX_WEIGHT_SETS:
-                self._sets.popitem(last=False)
+        self._sets.put(key, _WeightSet(compiled, [weakref.ref(t, drop_set) for t in tensors],
+                                       [-1 if t.is_inference() else t._version for t in tensors],
+                                       [t.untyped_storage() for t in tensors]))
         return compiled
 
     def _find(self, key: bytes) -> Optional[Callable]:
-        with self._lock:
-            entry = self._sets.get(key)
-            if entry is None:
-                return None
-            self._sets.move_to_end(key)
-            return entry.compiled
+        entry = self._sets.get(key)
+        return entry.compiled if entry is not None else None
 
     def __call__(self, args: list) -> Any:
         key = _C.frozen_signature(args, self._positions)
         fn = self._find(key)
         if fn is None:
-            with self._lock:
-                for outdated in [k for k, s in list(self._sets.items()) if s.outdated()]:
-                    self._sets.pop(outdated, None)
-                free_slot = len(self._sets) < self.MAX_WEIGHT_SETS
-            if self._policy.claim_compile(key, free_slot):
+            self._sets.discard_where(_WeightSet.outdated)
+            if self._policy.claim_compile(key, self._sets.has_room()):
                 tensors = [args[i] for i in self._positions]
                 fn = self._policy.compile(key, lambda: self._find(key),
                                           lambda: self._compile_for(key, tensors, copy.deepcopy(self._aten_graph)))

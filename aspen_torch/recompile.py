@@ -7,13 +7,49 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Hashable, Optional, TypeVar
+from typing import Any, Callable, Generic, Hashable, Optional, TypeVar
 
 from .report import CompileReport
 
 log = logging.getLogger("aspen_torch")
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+class LruPlans(Generic[V]):
+    """Plans by input key, at most `capacity` of them, the least recently used dropped; safe
+    across threads. `discard` takes no lock: a weakref callback may call it at any point of
+    another method on the same thread, and one OrderedDict.pop is one step under the GIL."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._plans: collections.OrderedDict[Hashable, V] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Optional[V]:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def put(self, key: Hashable, plan: V) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self._capacity:
+                self._plans.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        self._plans.pop(key, None)
+
+    def discard_where(self, stale: Callable[[V], bool]) -> None:
+        with self._lock:
+            for key in [k for k, plan in list(self._plans.items()) if stale(plan)]:
+                self._plans.pop(key, None)
+
+    def has_room(self) -> bool:
+        return len(self._plans) < self._capacity
 
 
 class RecompilePolicy:

@@ -233,7 +233,7 @@ def _modules_of(compiled_fn):
                 stack.append(cell.cell_contents)
             except ValueError:
                 pass
-        for attr in ("__wrapped__", "__self__", "compiled_fn", "_sets", "compiled"):
+        for attr in ("__wrapped__", "__self__", "compiled_fn", "_sets", "_plans", "compiled"):
             if hasattr(obj, attr):
                 value = getattr(obj, attr)
                 stack.extend(value.values() if isinstance(value, dict) else [value])
