@@ -32,6 +32,21 @@ def test_linear_of_one_row_is_cut_by_its_weight_bytes():
     assert sorted(t.out.box[1] for t in linear) == [(0, 500), (500, 1000)]
 
 
+@pytest.mark.parametrize("rows,fin,fout,row_blocks,col_blocks", [
+    (128, 768, 3072, [(0, 128)], [(0, 1536), (1536, 3072)]),  # BERT at batch 1: few rows, wide weights
+    (1024, 768, 768, [(0, 512), (512, 1024)], [(0, 768)]),   # at batch 8: rows outnumber columns
+])
+def test_linear_tiles_read_the_fewest_elements(rows, fin, fout, row_blocks, col_blocks):
+    """Two DSEs' tiles of a linear each read their rows of x and their columns of the weight:
+    the cut that reads less per tile is taken (row blocks would make every DSE stream all the
+    weights of a few-row product)."""
+    model, x = nn.Linear(fin, fout).eval(), torch.randn(rows, fin)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, "num_dses": 2}).tile_graphs
+    boxes = [t.out.box for t in graph.tiles if t.op_label == "aten.addmm.default"]
+    assert sorted({b[0] for b in boxes}) == row_blocks and sorted({b[1] for b in boxes}) == col_blocks
+    assert len(boxes) == 2
+
+
 def test_linear_over_3d_input():
     model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 8)).eval()
     assert_matches_eager(model, torch.randn(3, 11, 24))
