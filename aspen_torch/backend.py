@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -35,7 +36,8 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
     for part in partitioned.partitions:
         # AOTAutograd calls us under fake mode; folding and prepacking need real tensors.
         with unset_fake_temporarily(), torch.no_grad():
-            tile_graph = lower_partition(part.graph_module, part.inputs, policy, packs)
+            tile_graph = lower_partition(part.graph_module, part.inputs, policy, packs,
+                                         packs.linear_kernel(options.linear_kernel))
             compiled_plan = plan(tile_graph)
         outputs = next(n for n in part.graph_module.graph.nodes if n.op == "output").args[0]
         compiled = CompiledPartition(part.name, tile_graph, compiled_plan,
@@ -97,7 +99,9 @@ class _PerShapeCompiler:
         self._graph_module = graph_module
         self._frozen_inputs = frozen_inputs
         self._numbers = numbers  # positions from _read_by_item
-        self._options = options
+        # Plans per shape share one packing per weight: oneDNN's, which serves any row count.
+        self._options = dataclasses.replace(options, linear_kernel="onednn") \
+            if options.linear_kernel == "auto" else options
         self._report = report
         self._packs = packs
         self._compiled: LruPlans[Callable] = LruPlans(self.MAX_PLANS)

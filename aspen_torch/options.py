@@ -6,6 +6,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from .apu.prepack import LINEAR_KERNELS, mkl_linear_available
+
 
 def default_num_dses() -> int:
     """As many DSEs as ATen would use intra-op threads."""
@@ -25,6 +27,11 @@ class AspenOptions:
     # it in eager until the time spent on it pays for a compile (recompile.py), "always"
     # compiles at once. None: "always" in strict mode (which runs nothing in eager), else "when_hot".
     recompiles: Optional[str] = None
+    # Library of the packed linear tiles: "onednn", "mkl" (its packed GEMM, where torch has
+    # MKL), or "auto": the faster on this CPU, measured once per process (apu/prepack.py),
+    # except in graphs with symbolic sizes, whose plans per shape share oneDNN's packings
+    # (MKL packs per row count).
+    linear_kernel: str = "auto"
 
     @property
     def recompiles_always(self) -> bool:
@@ -49,6 +56,10 @@ class AspenOptions:
             raise ValueError(f"aspen: min_tile_flops must be a number > 0, got {parsed.min_tile_flops!r}")
         if parsed.recompiles not in (None, "when_hot", "always"):
             raise ValueError(f"aspen: recompiles must be 'when_hot' or 'always', got {parsed.recompiles!r}")
+        if parsed.linear_kernel not in LINEAR_KERNELS:
+            raise ValueError(f"aspen: linear_kernel must be one of {list(LINEAR_KERNELS)}, got {parsed.linear_kernel!r}")
+        if parsed.linear_kernel == "mkl" and not mkl_linear_available():
+            raise ValueError("aspen: linear_kernel='mkl' needs MKL's packed GEMM, which this torch does not have")
         if parsed.strict and parsed.recompiles == "when_hot":
             raise ValueError("aspen: strict mode runs nothing in eager, so it takes no recompiles='when_hot'")
         return parsed

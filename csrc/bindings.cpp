@@ -1,5 +1,6 @@
 // Python bindings: thin wrappers. Every call that waits on DSEs releases the GIL.
 #include "aten_call.h"
+#include "kernels.h"
 #include "program.h"
 #include "runtime.h"
 #include "tile_parts.h"
@@ -42,7 +43,7 @@ TileSpec to_tile_spec(const pybind11::tuple& py) {
   const auto ints = py[2].cast<std::vector<int64_t>>();
   const auto epilogue = py[3].cast<std::vector<std::tuple<int32_t, int32_t, double, double>>>();
   const auto label = py[4].cast<std::string>();
-  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kAttention), "aspen: unknown tile kind ", kind);
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int32_t>(TileKind::kMklLinear), "aspen: unknown tile kind ", kind);
   TileSpec spec{static_cast<TileKind>(kind), {}, ints, {}, label};
   TORCH_CHECK(!tensors.empty() && tensors[0].has_value(), "aspen: tile '", label, "' has no output tensor");
   for (const auto& t : tensors) spec.tensors.push_back(t.value_or(at::Tensor()));
@@ -224,5 +225,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "run meanwhile (part -1: the whole tile).");
   m.def("frozen_signature", &frozen_signature, pybind11::arg("args"), pybind11::arg("positions"),
         "Identity, version and storage of the tensors at `positions` of `args`, as a bytes key.");
+  m.def("mkl_packed_gemm_available", &aspen::mkl_packed_gemm_available,
+        "Whether this torch exports MKL's packed GEMM (cblas_sgemm_pack / _compute).");
+  m.def("pack_mkl_linear_weight", &aspen::pack_mkl_linear_weight, pybind11::arg("weight"), pybind11::arg("rows"),
+        "weight [out_features, in_features] packed by MKL for products of `rows` rows (a flat float32 tensor).");
   m.attr("MAX_DSES") = Runtime::kMaxDses;
 }

@@ -19,6 +19,12 @@ void run_aten_op(const TileSpec& t);
 void run_packed_linear(const TileSpec& t);
 void run_safe_softmax(const TileSpec& t);
 void run_attention(const TileSpec& t);
+void run_mkl_linear(const TileSpec& t);
+
+// MKL's packed GEMM, where this torch has it (kernels_mkl_linear.cpp).
+bool mkl_packed_gemm_available();
+// `weight` [out_features, in_features] packed for products of `rows` rows.
+at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows);
 
 // out = step(in, operand); `in` may alias `out` (an in-place epilogue).
 void apply_pointwise(const PointwiseStep& step, const at::Tensor& out, const at::Tensor& in,

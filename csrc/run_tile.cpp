@@ -17,6 +17,7 @@ void run_tile(const TileSpec& tile, int dse_index) {
     case TileKind::kSafeSoftmax: run_safe_softmax(tile); break;
     case TileKind::kAttention: run_attention(tile); break;
     case TileKind::kPackedLinear: run_packed_linear(tile); return;  // fuses its leading activation itself
+    case TileKind::kMklLinear: run_mkl_linear(tile); return;  // fuses its leading residual add itself
     case TileKind::kRecord: run_record(tile, dse_index); return;
     case TileKind::kThreadProbe: run_thread_probe(tile); return;
     default: TORCH_CHECK(false, "aspen: unknown tile kind ", static_cast<int>(tile.kind));

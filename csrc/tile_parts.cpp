@@ -10,6 +10,7 @@ bool kind_splits_by_rows(TileKind kind) {
   switch (kind) {
     case TileKind::kLinear:
     case TileKind::kPackedLinear:
+    case TileKind::kMklLinear:
     case TileKind::kPointwise:
     case TileKind::kCopy: return true;
     default: return false;

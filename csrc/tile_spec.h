@@ -31,6 +31,9 @@ namespace aspen {
 //   kAttention   tensors: out [batch, heads, queries, value dim], query, key, value (each
 //                [batch, heads, rows, dim], dim dense), mask broadcasting to the scores
 //                (may be undefined); ints: is_causal, the scale's float64 bits, has_scale.
+//   kMklLinear   tensors: out [rows, cols], input [rows, k], MKL-packed weight of its columns,
+//                bias [cols] (may be undefined), weight_t [k, cols] (unpacked, for row parts);
+//                ints: rows the weight was packed for. A leading residual add is fused.
 //   kAtenOp      aten_call: any ATen op and its arguments (views included); result
 //                `result_index` of its returns is copied into tensors[0]. tensors[1..]
 //                are the views it reads (for epilogue operands).
@@ -48,6 +51,7 @@ enum class TileKind : int32_t {
   kPackedLinear = 10,
   kSafeSoftmax = 11,
   kAttention = 12,
+  kMklLinear = 13,
 };
 
 enum class PointwiseOp : int32_t {

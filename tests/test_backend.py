@@ -59,8 +59,8 @@ def _convs_and_linears():
     return nn.Sequential(
         nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
         nn.Conv2d(32, 64, 1, stride=2), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Flatten(1, 2),
-        nn.Linear(16, 96), nn.GELU(), nn.Linear(96, 24)).eval(), torch.randn(2, 3, 64, 64), {}, \
-        {"convolution", "inner_product"}
+        nn.Linear(16, 96), nn.GELU(), nn.Linear(96, 24)).eval(), torch.randn(2, 3, 64, 64), \
+        {"linear_kernel": "onednn"}, {"convolution", "inner_product"}
 
 
 def _pointwise_convs_in_pixel_ranges():

@@ -88,6 +88,7 @@ def test_options_are_validated():
                        ({"tiles_per_dse": "2"}, "tiles_per_dse"), ({"tiles_per_dse": 0}, "tiles_per_dse"),
                        ({"min_tile_flops": "1e6"}, "min_tile_flops"), ({"min_tile_flops": float("nan")}, "min_tile_flops"),
                        ({"strict": 1}, "strict"), ({"recompiles": "never"}, "recompiles"),
+                       ({"linear_kernel": "blas"}, "linear_kernel must be one of"),
                        ({"strict": True, "recompiles": "when_hot"}, "strict mode runs nothing in eager")]:
         torch._dynamo.reset()
         with pytest.raises(Exception, match=match):

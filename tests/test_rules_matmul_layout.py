@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.apu import prepack
+from aspen_torch.apu.prepack import SHARED_PACKS, PackedWeights, mkl_linear_available
 from aspen_torch.apu.tile_graph import TileKind
 from aspen_torch.runtime import SHARED_RUNTIME
 
@@ -56,28 +58,104 @@ def _linear_tile_kinds(report: aspen_torch.CompileReport) -> set[TileKind]:
     return {t.kind for g in report.tile_graphs for t in g.tiles if t.op_label == "aten.addmm.default"}
 
 
-@pytest.mark.parametrize("rows,fin,fout,kind", [(1, 256, 256, TileKind.LINEAR), (1, 4096, 4096, TileKind.PACKED_LINEAR),
-                                                (64, 128, 96, TileKind.PACKED_LINEAR), (4, 64, 64, TileKind.LINEAR)])
-def test_frozen_linear_tiles_run_addmm_or_packed_onednn_by_size(rows, fin, fout, kind):
+needs_mkl = pytest.mark.skipif(not mkl_linear_available(), reason="this torch has no MKL packed GEMM")
+# The library of packed linear tiles, and the kind of those tiles.
+PACKED_KINDS = [pytest.param("onednn", TileKind.PACKED_LINEAR, id="onednn"),
+                pytest.param("mkl", TileKind.MKL_LINEAR, id="mkl", marks=needs_mkl)]
+PACKED = object()  # in a parametrization: the packed kind of the kernel under test
+
+
+@pytest.mark.parametrize("linear_kernel,packed_kind", PACKED_KINDS)
+@pytest.mark.parametrize("rows,fin,fout,kind", [(1, 256, 256, TileKind.LINEAR), (1, 4096, 4096, PACKED),
+                                                (64, 128, 96, PACKED), (4, 64, 64, TileKind.LINEAR)])
+def test_frozen_linear_tiles_run_addmm_or_packed_by_size(rows, fin, fout, kind, linear_kernel, packed_kind):
     """One-row products of up to a few million weights and tiny products run ATen's addmm
-    on the weights as they are; larger ones oneDNN on weights packed for the tile."""
-    report = assert_matches_eager(nn.Linear(fin, fout).eval(), torch.randn(rows, fin))
-    assert _linear_tile_kinds(report) == {kind}
+    on the weights as they are; larger ones oneDNN or MKL on weights packed for the tile."""
+    report = assert_matches_eager(nn.Linear(fin, fout).eval(), torch.randn(rows, fin),
+                                  options={"linear_kernel": linear_kernel})
+    assert _linear_tile_kinds(report) == {packed_kind if kind is PACKED else kind}
 
 
-@pytest.mark.parametrize("rows,fin,fout,kind", [(6, 32, 48, TileKind.LINEAR), (32, 128, 256, TileKind.PACKED_LINEAR)],
+@pytest.mark.parametrize("linear_kernel,packed_kind", PACKED_KINDS)
+@pytest.mark.parametrize("rows,fin,fout,kind", [(6, 32, 48, TileKind.LINEAR), (32, 128, 256, PACKED)],
                          ids=["addmm", "packed"])
 @pytest.mark.parametrize("activation", [nn.ReLU(), nn.Hardtanh(-0.5, 0.5), nn.ReLU6(), nn.GELU(), nn.SiLU(),
                                         nn.Tanh(), nn.Sigmoid()], ids=lambda m: type(m).__name__)
-def test_linear_activation_epilogue_keeps_nan(activation, rows, fin, fout, kind):
+def test_linear_activation_epilogue_keeps_nan(activation, rows, fin, fout, kind, linear_kernel, packed_kind):
     """A NaN row stays NaN through linear + activation, as in eager: oneDNN's relu and clamp
     post-ops are max/min, which turn NaN into the bound."""
     model = nn.Sequential(nn.Linear(fin, fout), activation).eval()
     x = torch.randn(rows, fin)
     x[2, 5] = float("nan")
-    report = assert_matches_eager(model, x, options={"min_tile_flops": 1e3})
+    report = assert_matches_eager(model, x, options={"min_tile_flops": 1e3, "linear_kernel": linear_kernel})
     assert set(report.tiles_per_op) == {"aten.addmm.default"}, "the activation runs inside the linear tiles"
-    assert _linear_tile_kinds(report) == {kind}
+    assert _linear_tile_kinds(report) == {packed_kind if kind is PACKED else kind}
+
+
+@pytest.mark.parametrize("linear_kernel,packed_kind", PACKED_KINDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_adds_the_residual_in_its_tiles(linear_kernel, packed_kind, bias):
+    """x + linear(x), with and without a bias: the add is the linear tiles' epilogue (MKL's
+    tiles fill their output with bias and residual, then accumulate the product into it)."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 128, bias=bias)
+
+        def forward(self, x):
+            return x + self.fc(x)
+
+    x = torch.randn(40, 128)
+    x[3, 7] = float("nan")
+    report = assert_matches_eager(Model().eval(), x, options={"min_tile_flops": 1e3, "linear_kernel": linear_kernel})
+    assert set(report.tiles_per_op) == {"aten.addmm.default" if bias else "aten.mm.default"}
+    assert {t.kind for g in report.tile_graphs for t in g.tiles} == {packed_kind}
+
+
+def test_auto_linear_kernel_is_measured_once_and_used():
+    """'auto' takes the faster packed GEMM on this CPU (measured once per process), and
+    oneDNN's where MKL's is missing."""
+    packs = PackedWeights()
+    choice = packs.linear_kernel("auto")
+    assert choice in ("onednn", "mkl") and packs.linear_kernel("auto") == choice
+    assert packs.linear_kernel("onednn") == "onednn"
+    report = assert_matches_eager(nn.Linear(128, 256).eval(), torch.randn(64, 128))
+    expected = {"onednn": TileKind.PACKED_LINEAR, "mkl": TileKind.MKL_LINEAR}[SHARED_PACKS.linear_kernel("auto")]
+    assert _linear_tile_kinds(report) == {expected}
+
+
+def test_auto_linear_kernel_without_mkl_is_onednn(monkeypatch):
+    monkeypatch.setattr(prepack, "mkl_linear_available", lambda: False)
+    assert prepack.fastest_linear_kernel() == "onednn"
+
+
+def test_graphs_of_symbolic_sizes_pack_linears_for_onednn():
+    """Plans per shape of a graph with symbolic sizes share packings under 'auto': oneDNN's,
+    which serve every row count (MKL packs per row count, so each shape would add a copy)."""
+    torch._dynamo.reset()
+    report = aspen_torch.CompileReport(keep_tile_graphs=True)
+    model = nn.Linear(128, 256).eval()
+    compiled = torch.compile(model, dynamic=True, backend=lambda gm, ex: aspen_torch.aspen_backend(
+        gm, ex, {"strict": True}, report=report))
+    with torch.no_grad():
+        for rows in (64, 80):
+            x = torch.randn(rows, 128)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert report.num_graphs == 2 and _linear_tile_kinds(report) == {TileKind.PACKED_LINEAR}
+
+
+@needs_mkl
+def test_mkl_packings_are_shared_per_row_count():
+    """Plans of one weight at the same tile rows share an MKL packing; other rows get their own
+    (MKL documents a packing for its rows only); a different weight of equal sum is not taken."""
+    packs = PackedWeights()
+    weight = torch.randn(96, 64)
+    first = packs.mkl_linear(weight, 32)
+    assert packs.mkl_linear(weight.clone(), 32) is first
+    assert packs.mkl_linear(weight, 16) is not first
+    swapped = weight.clone()
+    swapped[0, 0], swapped[0, 1] = weight[0, 1], weight[0, 0]  # same sum, other matrix
+    assert packs.mkl_linear(swapped, 32) is not first
 
 
 class _ResidualMlp(nn.Module):
@@ -93,11 +171,13 @@ class _ResidualMlp(nn.Module):
 
 
 @pytest.mark.parametrize("sharing", ["always", "always_with_backups"])
-@pytest.mark.parametrize("frozen_weights", [True, False])
-def test_linear_row_parts_match_eager(frozen_weights, sharing):
+@pytest.mark.parametrize("frozen_weights,linear_kernel", [(True, "onednn"), pytest.param(True, "mkl", marks=needs_mkl),
+                                                          (False, "auto")])
+def test_linear_row_parts_match_eager(frozen_weights, linear_kernel, sharing):
     """Linear tiles run part by part, as a preempted DSE runs them while idle DSEs take
     parts (with backups: computed into scratch and committed, or taken over), with the
-    activation and the residual add fused: the values of eager."""
+    activation and the residual add fused: the values of eager. (An MKL tile's part runs
+    addmm on the unpacked weights: the packing is made for the whole tile's rows.)"""
     x = torch.randn(2, 70, 96)
     x[1, 3, 5] = float("nan")
     previous = SHARED_RUNTIME.get().tile_sharing
@@ -105,7 +185,8 @@ def test_linear_row_parts_match_eager(frozen_weights, sharing):
     aspen_torch.set_tile_sharing(sharing)
     try:
         with aspen_torch.trace() as recorded:
-            assert_matches_eager(_ResidualMlp(frozen_weights).eval(), x, options={"min_tile_flops": 1e5})
+            assert_matches_eager(_ResidualMlp(frozen_weights).eval(), x,
+                                 options={"min_tile_flops": 1e5, "linear_kernel": linear_kernel})
     finally:
         aspen_torch.set_tile_sharing(previous)
     linear_events = [e for e in recorded.events if e.op == "aten.addmm.default"]

@@ -51,10 +51,12 @@ def node_meta(node: fx.Node) -> torch.Tensor:
 
 
 class LoweringContext:
-    def __init__(self, graph_module: fx.GraphModule, policy: TilePolicy, packs: PackedWeights) -> None:
+    def __init__(self, graph_module: fx.GraphModule, policy: TilePolicy, packs: PackedWeights,
+                 linear_kernel: str) -> None:
         self.graph_module = graph_module
         self.policy = policy
         self.packs = packs
+        self.linear_kernel = linear_kernel
         self.tiles: list[Tile] = []
         self.values: dict[fx.Node, Value] = {}
         self._edges: set[tuple[int, int]] = set()
@@ -316,5 +318,6 @@ def buffers_for_outputs(node: fx.Node, channels_last: Optional[bool] = None) -> 
 
 
 def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy,
-                    packs: PackedWeights) -> TileGraph:
-    return LoweringContext(graph_module, policy, packs).run(inputs)
+                    packs: PackedWeights, linear_kernel: str) -> TileGraph:
+    """`linear_kernel`: the library of packed linear tiles, 'onednn' or 'mkl'."""
+    return LoweringContext(graph_module, policy, packs, linear_kernel).run(inputs)

@@ -38,6 +38,7 @@ class TileKind(enum.IntEnum):
     PACKED_LINEAR = 10
     SAFE_SOFTMAX = 11
     ATTENTION = 12
+    MKL_LINEAR = 13
 
 
 class PointwiseOp(enum.IntEnum):

@@ -49,8 +49,8 @@ def _grid(m: int, n: int, tiles: int) -> tuple[int, int]:
 
 def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
     """x [m, k] @ w [k, n] (+ bias), cut by _grid. A frozen w (a linear layer's weight) is prepacked per
-    tile shape for oneDNN; a w computed at run time, and a frozen one where addmm is faster
-    (_addmm_beats_packed), is read through a view by addmm / mm."""
+    tile shape for oneDNN or MKL (ctx.linear_kernel); a w computed at run time, and a frozen one
+    where addmm is faster (_addmm_beats_packed), is read through a view by addmm / mm."""
     xref = ctx.ref(x)
     bref = ctx.expand_to(ctx.ref(bias), (node_meta(node).shape[1],)) if bias is not None else None
     frozen_w = ctx.constant(w)
@@ -67,22 +67,36 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
     packed: dict[tuple[int, int, int], Region] = {}
     for r0, r1 in split_range(m, row_parts):
         for c0, c1 in split_range(n, col_parts):
-            if frozen_w is None or _addmm_beats_packed(r1 - r0, k, c1 - c0):
+            inputs = [Region(xref, ((r0, r1), (0, k))), None, Region(bref, ((c0, c1),)) if bref is not None else None]
+            ints: tuple[int, ...] = ()
+            packs_this_tile = frozen_w is not None and not _addmm_beats_packed(r1 - r0, k, c1 - c0)
+            if not packs_this_tile or ctx.linear_kernel == "mkl":
                 wref = ctx.ref(w) if wref is None else wref
-                kind, weight = TileKind.LINEAR, Region(wref, ((0, k), (c0, c1)))
+            if not packs_this_tile:
+                kind, inputs[1] = TileKind.LINEAR, Region(wref, ((0, k), (c0, c1)))
             else:
                 key = (r1 - r0, c0, c1)
                 if key not in packed:
-                    weight_tensor = ctx.packs.linear(frozen_w[:, c0:c1].t(), r1 - r0)
-                    ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
-                    packed[key] = Region(ref, ((0, c1 - c0), (0, k)))
-                kind, weight = TileKind.PACKED_LINEAR, packed[key]
-            inputs = [Region(xref, ((r0, r1), (0, k))), weight,
-                      Region(bref, ((c0, c1),)) if bref is not None else None]
-            tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, (), [], str(node.target), node.name,
+                    packed[key] = _packed_weight(ctx, node, frozen_w[:, c0:c1].t(), r1 - r0)
+                inputs[1] = packed[key]
+                kind = TileKind.PACKED_LINEAR
+                if ctx.linear_kernel == "mkl":
+                    # The unpacked columns serve a row part, for whose rows the packing is not made.
+                    kind, ints = TileKind.MKL_LINEAR, (r1 - r0,)
+                    inputs.append(Region(wref, ((0, k), (c0, c1))))
+            tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, ints, [], str(node.target), node.name,
                         row_parts=max(1, min(MAX_ROW_PARTS, (r1 - r0) // MIN_ROWS_PER_PART)), row_inputs=(0,))
             ctx.add_tile(tile, fusible_for=node)
     return out
+
+
+def _packed_weight(ctx: LoweringContext, node: fx.Node, columns: torch.Tensor, rows: int) -> Region:
+    """`columns` [n_block, k] of a frozen weight, packed for tiles of `rows` rows."""
+    if ctx.linear_kernel == "mkl":
+        packed = ctx.packs.mkl_linear(columns, rows)
+        return Region(TensorRef.of(ctx.constant_buffer(packed, f"{node.name}_weight")), ((0, packed.shape[0]),))
+    packed = ctx.packs.linear(columns, rows)
+    return Region(TensorRef.of(ctx.constant_buffer(packed, f"{node.name}_weight")), ((0, columns.shape[0]), (0, columns.shape[1])))
 
 
 def _check_addmm(node: fx.Node, is_frozen):

@@ -1,0 +1,101 @@
+// Linear tiles on weights packed by MKL (cblas_sgemm_pack), computed straight into the
+// tile's output view. On Intel CPUs MKL's packed sgemm outruns oneDNN's packed linear
+// (one thread, BERT-base's shapes with the weights streaming from memory: 161-175 against
+// 141-159 GFLOP/s); on AMD it takes an AVX2 path at half the rate, so the APU picks the
+// kernel by measuring both (apu/prepack.py).
+//
+// MKL is the copy statically linked into libtorch_cpu, which exports its CBLAS symbols.
+// They are declared weak: a torch built without MKL leaves them null, and
+// mkl_packed_gemm_available() then says so instead of the module failing to load.
+#include "kernels.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+extern "C" {
+// CBLAS (LP64: MKL_INT is int), as mkl_cblas.h declares them.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
+
+namespace aspen {
+namespace {
+
+// mkl_cblas.h's enumerators.
+constexpr int kRowMajor = 101;
+constexpr int kNoTrans = 111;
+constexpr int kTrans = 112;
+constexpr int kPacked = 151;
+constexpr int kBMatrix = 162;
+
+int as_mkl_int(int64_t v) {
+  TORCH_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), "aspen: MKL GEMM dimension out of range: ", v);
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+bool mkl_packed_gemm_available() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows) {
+  TORCH_CHECK(mkl_packed_gemm_available(), "aspen: this torch has no MKL packed GEMM");
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.is_cpu(),
+              "aspen: an MKL-packed weight is a float32 CPU matrix [out_features, in_features]");
+  const at::Tensor w = weight.contiguous();
+  const int n = as_mkl_int(w.size(0)), k = as_mkl_int(w.size(1)), m = as_mkl_int(rows);
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, n, k);
+  at::Tensor packed = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, w.options());
+  // B = w^T (k x n), w stored row-major [n, k]: op(B) = transpose of the stored matrix.
+  cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, m, n, k, 1.0f, w.data_ptr<float>(), k, packed.data_ptr<float>());
+  return packed;
+}
+
+// tensors: out [rows, cols], x [rows, k], MKL-packed weight, bias [cols] (may be undefined),
+// weight_t [k, cols] (the unpacked columns); ints: the rows the weight was packed for.
+// The output view is first filled with the bias and a leading residual add, then the GEMM
+// accumulates into it (beta = 1). A row part (fewer rows than packed for) runs addmm on the
+// unpacked columns: MKL documents a packing for the m it was made with only.
+void run_mkl_linear(const TileSpec& t) {
+  const at::Tensor& out = t.tensors[0];
+  const at::Tensor& x = t.tensors[1];
+  const at::Tensor& bias = t.tensors[3];
+  if (x.size(0) != t.ints[0]) {
+    if (bias.defined()) {
+      at::addmm_out(const_cast<at::Tensor&>(out), bias, x, t.tensors[4]);
+    } else {
+      at::mm_out(const_cast<at::Tensor&>(out), x, t.tensors[4]);
+    }
+    run_epilogue(t);
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(out.stride(1) == 1, "MKL linear tile: output columns must be dense");
+  const at::Tensor a = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  float beta = 0.0f;
+  if (bias.defined()) {
+    out.copy_(bias.expand_as(out));
+    beta = 1.0f;
+  }
+  size_t fused = 0;
+  const auto& epilogue = t.epilogue;
+  if (!epilogue.empty() && epilogue[0].op == PointwiseOp::kAdd && epilogue[0].a == 1.0 && epilogue[0].operand >= 0) {
+    if (beta == 0.0f) const_cast<at::Tensor&>(out).zero_();
+    apply_pointwise(epilogue[0], out, out, t.tensors);
+    beta = 1.0f;
+    fused = 1;
+  }
+  const int m = as_mkl_int(out.size(0)), n = as_mkl_int(out.size(1)), k = as_mkl_int(a.size(1));
+  cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n, k, a.data_ptr<float>(), as_mkl_int(a.stride(0)),
+                      t.tensors[2].data_ptr<float>(), k, beta, out.data_ptr<float>(), as_mkl_int(out.stride(0)));
+  for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);
+}
+
+}  // namespace aspen
