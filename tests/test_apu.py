@@ -129,13 +129,25 @@ def test_pointwise_fuses_into_producer_through_views_and_permutes():
 
 def test_large_batches_are_cut_into_small_chunks():
     """Depth-first needs tiles small enough to stay in cache: a batch of 32 on 2 DSEs is cut
-    into chunks of at most max_batch_per_tile images, not into 2 halves."""
+    into one image a tile, not into 2 halves, unless a conv's weights outweigh its images:
+    then chunks whose images weigh as much as the weights, as long as each DSE has one."""
     policy = TilePolicy(num_dses=2)
-    assert policy.num_tiles(1e9, 32, batch=32) == 32 // policy.max_batch_per_tile
+    assert policy.num_tiles(1e9, 32, batch=32) == 32
+    assert policy.num_tiles(1e9, 32, batch=32, images_per_tile=3) == 11
     assert policy.num_tiles(1e9, 112, batch=1) == 2
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
-    report = aspen_torch.explain(model, torch.randn(16, 3, 8, 8), options={"num_dses": 2, "min_tile_flops": 1.0})
-    assert report.tiles_per_op["aten.convolution.default"] == 16 // policy.max_batch_per_tile
+    light = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    report = aspen_torch.explain(light, torch.randn(16, 3, 16, 16), options={"num_dses": 2, "min_tile_flops": 1.0})
+    assert report.tiles_per_op["aten.convolution.default"] == 16
+    # 3x3x64x64 weights (36864) against 4x4x64 images (1024): chunks of 8 images, one per DSE.
+    heavy = nn.Conv2d(64, 64, 3, padding=1).eval()
+    x = torch.randn(16, 64, 4, 4)
+    (graph,) = aspen_torch.explain(heavy, x, options={"strict": True, "num_dses": 2}).tile_graphs
+    assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 8), (8, 16)]
+    # 3x3x16x16 weights (2304) against 8x8x16 images (1024): chunks of 3 images.
+    (graph,) = aspen_torch.explain(nn.Conv2d(16, 16, 3, padding=1).eval(), torch.randn(12, 16, 8, 8),
+                                   options={"strict": True, "num_dses": 2, "min_tile_flops": 1.0}).tile_graphs
+    assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    assert_matches_eager(heavy, x, options={"num_dses": 2})
 
 
 def test_empty_batch_needs_no_tiles():

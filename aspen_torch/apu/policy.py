@@ -37,17 +37,20 @@ class TilePolicy:
     num_dses: int
     tiles_per_dse: int = 1
     min_tile_flops: float = 4e6
-    # A batch is cut into chunks of at most this many images even when fewer tiles would
-    # keep the DSEs busy: a DSE then carries one image through several ops while it is in
-    # cache (depth-first). ResNet-50 B32 on 2 DSEs, medians in one process: chunks of
-    # 16 / 8 / 4 / 2 / 1 images took 1574 / 1442 / 1482 / 1506 / 1417 ms; another day
-    # 16 / 4 / 1 images took 1592 / 1546 / 1472 ms (inductor+freezing 1489 ms).
-    max_batch_per_tile: int = 1
 
-    def num_tiles(self, flops: float, max_tiles: int, batch: int = 1) -> int:
+    @property
+    def wanted_tiles(self) -> int:
+        """Tiles enough to keep every DSE busy."""
+        return self.num_dses * self.tiles_per_dse
+
+    def num_tiles(self, flops: float, max_tiles: int, batch: int = 1, images_per_tile: int = 1) -> int:
         """Tiles for an op of `flops` work that can be cut at most `max_tiles` ways,
-        `batch` of them along a batch dimension that cuts without halos."""
-        wanted = max(self.num_dses * self.tiles_per_dse, -(-batch // self.max_batch_per_tile))
+        `batch` of them along a batch dimension that cuts without halos. A batch is cut into
+        chunks of at most `images_per_tile` images even when fewer tiles would keep the DSEs
+        busy: a DSE then carries a chunk through several ops while it is in cache
+        (depth-first). One image a tile, unless an op's weights make larger chunks pay
+        (conv_pool.py, _images_per_tile)."""
+        wanted = max(self.wanted_tiles, -(-batch // images_per_tile))
         by_work = max(1, math.floor(flops / self.min_tile_flops))
         return max(1, min(wanted, by_work, max_tiles))
 

@@ -34,7 +34,7 @@ def _band_rows(rows: Window, out_start: int, out_stop: int, size: int) -> tuple[
 
 
 def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_shape, kernel, stride, padding,
-                  dilation, flops: float, split_rows: bool, extra_inputs_of, ints_of):
+                  dilation, flops: float, split_rows: bool, extra_inputs_of, ints_of, images_per_tile: int = 1):
     """Shared tiling of 2-d window ops.
 
     extra_inputs_of(batch, rows, pad_h) gives a tile's inputs after the input
@@ -46,7 +46,7 @@ def _window_tiles(node: fx.Node, ctx: LoweringContext, kind: TileKind, x, out_sh
     out = ctx.new_buffer(node, out_shape)
     _, oc, oh, ow = out.shape
     rows = Window(kernel[0], stride[0], padding[0], dilation[0])
-    tiles = ctx.policy.num_tiles(flops, n * oh, batch=n)
+    tiles = ctx.policy.num_tiles(flops, n * oh, batch=n, images_per_tile=images_per_tile)
     bands = output_bands(n, oh, tiles, split_rows)
     for n0, n1, o0, o1 in bands:
         i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(rows, o0, o1, h)
@@ -91,6 +91,21 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
     per_image = -(-tiles // n)
     blocks = split_range(oc // _CHANNEL_BLOCK, per_image)
     return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
+
+
+def _images_per_tile(ctx: LoweringContext, n: int, weight_elements: int, image_elements: int) -> int:
+    """Images a convolution's batch tiles take: enough that the weights, which each tile
+    reads whole, weigh no more than its input images, but no fewer tiles than the DSEs
+    need. One image a tile keeps a DSE's chunk in its caches through several ops (layers
+    1-2 of ResNet-50, light weights, large images); a late layer re-reading 1-9 MB of
+    weights per 7x7 or 14x14 image spends its time streaming weights. Paired in one process
+    on the Intel host of the seventeenth session, 2 DSEs: ResNet-50 B8 247 -> 231 ms, B32
+    977 -> 915 ms (per-round 1.07, 1.06; inductor+freezing 223 and 963 in the same runs);
+    chunks of 4 images for every conv did less (the light convs' zero-filled outputs then
+    outgrow the L2), and output-channel blocks of chunks, so that each DSE reads part of the
+    weights, did worse (their scratch and its copy)."""
+    most = max(1, n // ctx.policy.wanted_tiles)
+    return min(most, max(1, -(-weight_elements // image_elements)))
 
 
 def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, padding, groups: int,
@@ -211,7 +226,8 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
                 ctx.add_tile(tile, fusible_for=node)
     elif blocks is None:
         out = _window_tiles(node, ctx, TileKind.CONV2D, xref, out_shape, (kh, kw), stride, padding,
-                            dilation, flops, True, inputs_for, ints_of)
+                            dilation, flops, True, inputs_for, ints_of,
+                            _images_per_tile(ctx, n, weight.numel(), c * h * wd))
     else:
         out = ctx.new_buffer(node, out_shape)
         i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(Window(kh, stride[0], padding[0], dilation[0]), 0, oh, h)
