@@ -3,7 +3,9 @@
 // ATen's CPU flash kernel runs its block GEMMs through MKL, which takes its AVX2 path on
 // AMD CPUs: ~75 GFLOP/s for BERT's 12 heads of 128 x 64 on one thread of the project's
 // Zen 5 VM, against ~180 for the AVX-512 kernel here (~130 per DSE inside BERT-base B8,
-// where attention's DSE time fell from 71-77 to 36-37 ms). Per (batch, head) it transposes K
+// where attention's DSE time fell from 71-77 to 36-37 ms). On the Intel host of the
+// seventeenth session MKL takes its AVX-512 path and ATen's kernel runs ~85-90 GFLOP/s, this
+// one ~92 (BERT-base's 8 x 12 heads, half the batch padded). Per (batch, head) it transposes K
 // once into a scratch [head dim x keys]; then for 6 query rows at a time it keeps the
 // rows' scores for 64 keys in 24 registers, stores the rows' scores (all keys) in a small
 // scratch that stays in L1, applies the softmax there, and accumulates P V for 64 value
@@ -37,10 +39,15 @@ constexpr int kVectors = 4;  // 16-float vectors per register block row (64 keys
 #define ASPEN_AVX512 __attribute__((target("avx512f,fma")))
 
 // e^x to ~1 ulp: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r, then
-// scaling by 2^n (AVX-512's scalef, which underflows to 0). e^-inf = 0 (x is clamped to
-// -200 first, with x as the NaN-propagating operand of the max) and e^NaN = NaN.
+// scaling by 2^n (AVX-512's scalef). Below x = -86 the result is 0, not e^x's smallest
+// normal and denormal floats (< 5e-38): an underflowing scalef costs Intel cores a
+// microcode assist per lane, and a masked key's score (-inf, or transformers' float32 min)
+// underflows in every row (attention tiles on the Intel host 1.4x slower). x is clamped
+// with x as the NaN-propagating operand of the max, so e^NaN = NaN; e^-inf = 0.
 ASPEN_AVX512 inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-200.0f), x);
+  constexpr float kLowest = -86.0f;  // 2^n stays >= 2^-124: p 2^n is a normal float
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kLowest), _CMP_NLT_UQ);  // or NaN
+  x = _mm512_max_ps(_mm512_set1_ps(kLowest), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -52,7 +59,7 @@ ASPEN_AVX512 inline __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(p, n));
 }
 
 struct Head {
@@ -218,6 +225,51 @@ ASPEN_AVX512 void attend_head(const Head& h, int64_t queries) {
   for (; i < queries; ++i) attend_rows<1>(h, i);
 }
 
+// r[i] = column i of the 16 x 16 block whose rows r held: pairs of rows interleaved, then
+// pairs of pairs, then 128-bit lanes gathered across the four groups of four rows.
+ASPEN_AVX512 __attribute__((always_inline)) inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4g + m], lane k: column 4k + m of rows 4g .. 4g + 3.
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 even0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88), odd0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xdd);
+    const __m512 even1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88);
+    const __m512 odd1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xdd);
+    t[m] = _mm512_shuffle_f32x4(even0, even1, 0x88);
+    t[8 + m] = _mm512_shuffle_f32x4(even0, even1, 0xdd);
+    t[4 + m] = _mm512_shuffle_f32x4(odd0, odd1, 0x88);
+    t[12 + m] = _mm512_shuffle_f32x4(odd0, odd1, 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// kt [dim, padded_keys] = K^T, zero beyond `keys`, in 16 x 16 blocks (a scalar scatter of
+// K's rows took a third as long as the scores' product on the Intel host).
+ASPEN_AVX512 void transpose_keys(const float* key, int64_t key_stride, int64_t keys, int64_t dim,
+                                 int64_t padded_keys, float* kt) {
+  for (int64_t j0 = 0; j0 < padded_keys; j0 += 16) {
+    const int64_t rows = std::min<int64_t>(16, keys - j0);
+    for (int64_t d0 = 0; d0 < dim; d0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < rows ? _mm512_loadu_ps(key + (j0 + i) * key_stride + d0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (d0 + i) * padded_keys + j0, r[i]);
+    }
+  }
+}
+
 bool cpu_has_avx512() {
   static const bool has = [] {
     __builtin_cpu_init();  // the CPU model may not be read yet when a library is loaded late
@@ -279,13 +331,9 @@ void run_attention(const TileSpec& t) {
   const int64_t group = heads / kv_heads;  // grouped-query attention: query head i reads kv head i / group
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
-      // Key rows are read whole (one pass over K) and scattered into kt, which stays in L1.
-      const float* key = k.data_ptr<float>() + b * k.stride(0) + kv * k.stride(1);
-      for (int64_t j = 0; j < keys; ++j) {
-        const float* row = key + j * k.stride(2);
-        for (int64_t d = 0; d < dim; ++d) kt[d * padded_keys + j] = row[d];
-      }
-      for (int64_t d = 0; d < dim; ++d) std::fill(&kt[d * padded_keys + keys], &kt[(d + 1) * padded_keys], 0.0f);
+      // Key rows are read whole (one pass over K) into kt, which stays in L1.
+      transpose_keys(k.data_ptr<float>() + b * k.stride(0) + kv * k.stride(1), k.stride(2), keys, dim, padded_keys,
+                     kt.data());
       h.v = v.data_ptr<float>() + b * v.stride(0) + kv * v.stride(1);
       for (int64_t head = kv * group; head < (kv + 1) * group; ++head) {
         h.q = q.data_ptr<float>() + b * q.stride(0) + head * q.stride(1);

@@ -236,7 +236,9 @@ def test_attention_kernel_edges(head_dim, keys, mask_shape, scale, nan):
     multiples of 16; ATen's kernel for 24): head dims of 1 to 6 vectors, key counts off the
     16-float vector and the 64-key block, masks per batch, per head and per query, a given
     scale, and NaNs in a query row or a key row, with eager's results (ATen's kernel drops a
-    NaN among the last keys % 16 from a row's max, so a row of only such NaNs gives zeros)."""
+    NaN among the last keys % 16 from a row's max, so a row of only such NaNs gives zeros).
+    Masked keys (-inf, transformers' float32 min) and scores far below the row's max, whose
+    exponentials are denormal or 0 (the kernel makes them 0), weigh nothing."""
     class Model(nn.Module):
         def forward(self, q, k, v, mask):
             return F.scaled_dot_product_attention(q * 1, k * 1, v * 1, attn_mask=mask, scale=scale)
@@ -250,6 +252,8 @@ def test_attention_kernel_edges(head_dim, keys, mask_shape, scale, nan):
     mask = torch.randn(mask_shape) if mask_shape is not None else None
     if mask is not None:
         mask[..., 0] = float("-inf")  # a masked key: exactly zero weight
+        mask[..., 1] = torch.finfo(torch.float32).min
+        mask[..., 2:4] = torch.tensor([-90.0, -84.0])
     report = assert_matches_eager(Model(), q, k, v, mask, options={"min_tile_flops": 1e3, "tiles_per_dse": 4})
     assert report.tiles_per_op[FLASH] > 1
 
