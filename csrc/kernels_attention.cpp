@@ -4,7 +4,7 @@
 // AMD CPUs: ~75 GFLOP/s for BERT's 12 heads of 128 x 64 on one thread of the project's
 // Zen 5 VM, against ~180 for the AVX-512 kernel here (~130 per DSE inside BERT-base B8,
 // where attention's DSE time fell from 71-77 to 36-37 ms). On the Intel host of the
-// seventeenth session MKL takes its AVX-512 path and ATen's kernel runs ~85-90 GFLOP/s, this
+// eighteenth session MKL takes its AVX-512 path and ATen's kernel runs ~85-90 GFLOP/s, this
 // one ~92 (BERT-base's 8 x 12 heads, half the batch padded). Per (batch, head) it transposes K
 // once into a scratch [head dim x keys]; then for 6 query rows at a time it keeps the
 // rows' scores for 64 keys in 24 registers, stores the rows' scores (all keys) in a small

@@ -65,7 +65,7 @@ def fastest_linear_kernel(rows: int = 128, k: int = 768, n: int = 768, rounds: i
     """'mkl' where MKL's packed GEMM beats oneDNN's packed linear by 2% on one thread, else
     'onednn': the fastest of `rounds` x `calls` interleaved calls of each, at BERT-base's
     attention projections by default. On AMD CPUs MKL takes its AVX2 path, ~2x slower than
-    oneDNN; on the Intel host of the seventeenth session it was 5% faster with the weights
+    oneDNN; on the Intel host of the eighteenth session it was 5% faster with the weights
     in cache and 10-15% with them streaming from memory."""
     if not mkl_linear_available():
         return "onednn"

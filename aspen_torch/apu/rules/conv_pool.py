@@ -99,7 +99,7 @@ def _images_per_tile(ctx: LoweringContext, n: int, weight_elements: int, image_e
     need. One image a tile keeps a DSE's chunk in its caches through several ops (layers
     1-2 of ResNet-50, light weights, large images); a late layer re-reading 1-9 MB of
     weights per 7x7 or 14x14 image spends its time streaming weights. Paired in one process
-    on the Intel host of the seventeenth session, 2 DSEs: ResNet-50 B8 247 -> 231 ms, B32
+    on the Intel host of the eighteenth session, 2 DSEs: ResNet-50 B8 247 -> 231 ms, B32
     977 -> 915 ms (per-round 1.07, 1.06; inductor+freezing 223 and 963 in the same runs);
     chunks of 4 images for every conv did less (the light convs' zero-filled outputs then
     outgrow the L2), and output-channel blocks of chunks, so that each DSE reads part of the
