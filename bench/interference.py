@@ -7,7 +7,8 @@ Loads: none; an unpinned single-threaded torch matmul loop; a busy loop pinned t
 each load hits all of them alike. Barrier-based runtimes wait at every op for a preempted
 thread; aspen's DSEs steal the preempted DSE's ready tiles. inductor+freezing runs with
 static and with dynamic shapes (see bench.compile_inductor_freezing: BERT's linears are
-twice as fast dynamic on this host); aspen is compared with the faster of the two.
+twice as fast dynamic on the AMD host, ~10% slower on the Intel host); aspen is compared
+with the faster of the two.
 """
 from __future__ import annotations
 

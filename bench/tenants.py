@@ -7,8 +7,9 @@ calls) and measures its makespan, either one request after the other from one Py
 thread, or from two Python threads at once (one per model). inductor+freezing runs with
 torch's 2 intra-op threads per call, so two concurrent calls oversubscribe the cores;
 aspen's two compiled models share one pool of 2 DSEs. inductor+freezing serves with static
-shapes, with dynamic shapes, and with each model's faster of the two (on this host ResNet-50
-static, BERT dynamic: see bench.compile_inductor_freezing). Modes alternate round by round;
+shapes, with dynamic shapes, and with ResNet-50 static and BERT dynamic (each model's faster
+on the AMD host; on the Intel host static is faster for both: see
+bench.compile_inductor_freezing). Modes alternate round by round;
 throughput is requests per second of the median makespan.
 """
 from __future__ import annotations

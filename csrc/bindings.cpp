@@ -229,5 +229,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether this torch exports MKL's packed GEMM (cblas_sgemm_pack / _compute).");
   m.def("pack_mkl_linear_weight", &aspen::pack_mkl_linear_weight, pybind11::arg("weight"), pybind11::arg("rows"),
         "weight [out_features, in_features] packed by MKL for products of `rows` rows (a flat float32 tensor).");
+  m.def("mkl_packed_linear", &aspen::mkl_packed_linear, pybind11::arg("x"), pybind11::arg("packed"),
+        pybind11::arg("out_features"), pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "x [rows, in_features] times a weight packed by pack_mkl_linear_weight (for any rows).");
   m.attr("MAX_DSES") = Runtime::kMaxDses;
 }

@@ -25,6 +25,8 @@ void run_mkl_linear(const TileSpec& t);
 bool mkl_packed_gemm_available();
 // `weight` [out_features, in_features] packed for products of `rows` rows.
 at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows);
+// x [rows, in_features] times the weight `packed` holds, [rows, out_features].
+at::Tensor mkl_packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features);
 
 // out = step(in, operand); `in` may alias `out` (an in-place epilogue).
 void apply_pointwise(const PointwiseStep& step, const at::Tensor& out, const at::Tensor& in,

@@ -59,16 +59,41 @@ at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows) {
   return packed;
 }
 
+namespace {
+
+// out (+)= x w^T, out's rows dense, with w packed by pack_mkl_linear_weight.
+void packed_gemm(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed, float beta) {
+  TORCH_INTERNAL_ASSERT(out.stride(1) == 1, "MKL linear: output columns must be dense");
+  const at::Tensor a = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  const int m = as_mkl_int(out.size(0)), n = as_mkl_int(out.size(1)), k = as_mkl_int(a.size(1));
+  cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n, k, a.data_ptr<float>(), as_mkl_int(a.stride(0)),
+                      packed.data_ptr<float>(), k, beta, out.data_ptr<float>(), as_mkl_int(out.stride(0)));
+}
+
+}  // namespace
+
+at::Tensor mkl_packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features) {
+  TORCH_CHECK(mkl_packed_gemm_available(), "aspen: this torch has no MKL packed GEMM");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && packed.scalar_type() == at::kFloat,
+              "aspen: mkl_packed_linear takes float32 x [rows, in_features] and a packed weight");
+  at::Tensor out = at::empty({x.size(0), out_features}, x.options());
+  packed_gemm(out, x, packed, 0.0f);
+  return out;
+}
+
 // tensors: out [rows, cols], x [rows, k], MKL-packed weight, bias [cols] (may be undefined),
-// weight_t [k, cols] (the unpacked columns); ints: the rows the weight was packed for.
+// weight_t [k, cols] (the unpacked columns); ints: the rows the weight was packed for, and
+// whether that packing was checked to serve the rows of the tile's parts too.
 // The output view is first filled with the bias and a leading residual add, then the GEMM
-// accumulates into it (beta = 1). A row part (fewer rows than packed for) runs addmm on the
-// unpacked columns: MKL documents a packing for the m it was made with only.
+// accumulates into it (beta = 1). MKL documents a packing for the m it was made with only;
+// the packings of this torch's MKL serve other row counts (checked per packing at compile
+// time, apu/prepack.py), and where one was not shown to, a row part runs addmm on the
+// unpacked columns, at half the rate for 16 rows.
 void run_mkl_linear(const TileSpec& t) {
   const at::Tensor& out = t.tensors[0];
   const at::Tensor& x = t.tensors[1];
   const at::Tensor& bias = t.tensors[3];
-  if (x.size(0) != t.ints[0]) {
+  if (x.size(0) != t.ints[0] && t.ints[1] == 0) {
     if (bias.defined()) {
       at::addmm_out(const_cast<at::Tensor&>(out), bias, x, t.tensors[4]);
     } else {
@@ -77,8 +102,6 @@ void run_mkl_linear(const TileSpec& t) {
     run_epilogue(t);
     return;
   }
-  TORCH_INTERNAL_ASSERT(out.stride(1) == 1, "MKL linear tile: output columns must be dense");
-  const at::Tensor a = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
   float beta = 0.0f;
   if (bias.defined()) {
     out.copy_(bias.expand_as(out));
@@ -92,9 +115,7 @@ void run_mkl_linear(const TileSpec& t) {
     beta = 1.0f;
     fused = 1;
   }
-  const int m = as_mkl_int(out.size(0)), n = as_mkl_int(out.size(1)), k = as_mkl_int(a.size(1));
-  cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, n, k, a.data_ptr<float>(), as_mkl_int(a.stride(0)),
-                      t.tensors[2].data_ptr<float>(), k, beta, out.data_ptr<float>(), as_mkl_int(out.stride(0)));
+  packed_gemm(out, x, t.tensors[2], beta);
   for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);
 }
 

@@ -33,7 +33,8 @@ namespace aspen {
 //                (may be undefined); ints: is_causal, the scale's float64 bits, has_scale.
 //   kMklLinear   tensors: out [rows, cols], input [rows, k], MKL-packed weight of its columns,
 //                bias [cols] (may be undefined), weight_t [k, cols] (unpacked, for row parts);
-//                ints: rows the weight was packed for. A leading residual add is fused.
+//                ints: rows the weight was packed for, 1 if the packing serves the rows of
+//                the tile's parts too (else they run addmm). A leading residual add is fused.
 //   kAtenOp      aten_call: any ATen op and its arguments (views included); result
 //                `result_index` of its returns is copied into tensors[0]. tensors[1..]
 //                are the views it reads (for epilogue operands).

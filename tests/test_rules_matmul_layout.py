@@ -145,6 +145,23 @@ def test_graphs_of_symbolic_sizes_pack_linears_for_onednn():
 
 
 @needs_mkl
+def test_mkl_packing_is_checked_before_parts_use_it_at_other_rows():
+    """A packing made for a tile's rows serves its parts' rows where it computes them as addmm
+    does; one that does not (another weight's) is caught, and its parts would run addmm."""
+    weight = torch.randn(96, 64)
+    packed = prepack.pack_mkl_linear_weight(weight, 32)
+    assert all(prepack.mkl_packing_serves(packed, weight, rows) for rows in (1, 7, 16, 64))
+    assert not prepack.mkl_packing_serves(packed, torch.randn(96, 64), 16)
+    packs = PackedWeights()
+    shared = packs.mkl_linear(weight, 32)
+    assert packs.mkl_packing_serves(shared, [16, 8]) and shared.aspen_serves_rows == {16: True, 8: True}
+    model, x = nn.Linear(64, 96).eval(), torch.randn(128, 64)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, "num_dses": 2, "linear_kernel": "mkl"}).tile_graphs
+    tiles = [t for t in graph.tiles if t.kind == TileKind.MKL_LINEAR]
+    assert tiles and all(t.ints == (128, 1) and t.row_parts == 8 for t in tiles), "16-row parts on the packing"
+
+
+@needs_mkl
 def test_mkl_packings_are_shared_per_row_count():
     """Plans of one weight at the same tile rows share an MKL packing; other rows get their own
     (MKL documents a packing for its rows only); a different weight of equal sum is not taken."""

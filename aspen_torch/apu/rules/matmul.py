@@ -69,6 +69,7 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
         for c0, c1 in split_range(n, col_parts):
             inputs = [Region(xref, ((r0, r1), (0, k))), None, Region(bref, ((c0, c1),)) if bref is not None else None]
             ints: tuple[int, ...] = ()
+            parts = max(1, min(MAX_ROW_PARTS, (r1 - r0) // MIN_ROWS_PER_PART))
             packs_this_tile = frozen_w is not None and not _addmm_beats_packed(r1 - r0, k, c1 - c0)
             if not packs_this_tile or ctx.linear_kernel == "mkl":
                 wref = ctx.ref(w) if wref is None else wref
@@ -81,11 +82,14 @@ def _lower_matmul(node: fx.Node, ctx: LoweringContext, x, w, bias=None):
                 inputs[1] = packed[key]
                 kind = TileKind.PACKED_LINEAR
                 if ctx.linear_kernel == "mkl":
-                    # The unpacked columns serve a row part, for whose rows the packing is not made.
-                    kind, ints = TileKind.MKL_LINEAR, (r1 - r0,)
+                    # Row parts run on the packing where it was shown to serve their rows, else
+                    # addmm on the unpacked columns.
+                    part_rows = {b - a for a, b in split_range(r1 - r0, parts)} - {r1 - r0}
+                    serves = ctx.packs.mkl_packing_serves(packed[key].ref.buffer.constant, part_rows)
+                    kind, ints = TileKind.MKL_LINEAR, (r1 - r0, int(serves))
                     inputs.append(Region(wref, ((0, k), (c0, c1))))
             tile = Tile(kind, Region(out, ((r0, r1), (c0, c1))), inputs, ints, [], str(node.target), node.name,
-                        row_parts=max(1, min(MAX_ROW_PARTS, (r1 - r0) // MIN_ROWS_PER_PART)), row_inputs=(0,))
+                        row_parts=parts, row_inputs=(0,))
             ctx.add_tile(tile, fusible_for=node)
     return out
 
