@@ -89,7 +89,23 @@ Runtime::Runtime(int num_dses)
   set_num_dses(num_dses);
 }
 
-Runtime::~Runtime() { set_num_dses(0); }
+Runtime::~Runtime() {
+  set_num_dses(0);
+  drop_lost_parts();
+}
+
+void Runtime::keep_lost_part(LostPart part) {
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  lost_parts_.push_back(std::move(part));
+}
+
+void Runtime::drop_lost_parts() {
+  std::vector<LostPart> lost;
+  {
+    std::lock_guard<std::mutex> lock(lost_mu_);
+    lost.swap(lost_parts_);
+  }
+}
 
 bool Runtime::owned_by_this_process() const { return getpid() == owner_pid_; }
 
@@ -171,6 +187,7 @@ bool Runtime::apply_cpus(int index) {
 
 std::shared_ptr<Request> Runtime::submit(std::shared_ptr<const Program> program, bool urgent) {
   check_owned_by_this_process();
+  drop_lost_parts();
   auto request = std::make_shared<Request>(std::move(program), urgent);
   const Program& p = request->program();
   if (p.num_tiles() == 0) {
@@ -267,7 +284,10 @@ bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece,
   const int64_t start = tracing ? wall_ns() : 0;
   speculative_.start(index, self->cpu_clock, piece);
   std::optional<TileError> error = try_run_tile(spec, index, &self->meter);
-  if (!speculative_.commit(index)) return false;
+  if (!speculative_.commit(index)) {
+    keep_lost_part(LostPart{std::move(spec), out, std::move(program)});
+    return false;
+  }
   if (!error) {
     try {
       out.copy_(spec.tensors[0]);

@@ -128,6 +128,18 @@ class Runtime {
   // samples of `meter` if given. Any error fails the request.
   void run_kernel(int index, const ReadyTile& item, const TileSpec& spec, PreemptionMeter* meter);
   void record_trace(int index, std::shared_ptr<const Program> program, const ReadyTile& item, int64_t start_ns);
+  // What a speculative part that lost its race to a take-over still holds when it is done:
+  // views of its buffers and, while tracing, its program, either of which may outlive the
+  // request and so be the last reference to tensors Python created. Dropping such a tensor
+  // takes the GIL, which a DSE must never wait for (the thread that deletes the runtime
+  // holds it while joining the DSEs), so a DSE keeps them here and callers drop them.
+  struct LostPart {
+    TileSpec spec;
+    at::Tensor out;
+    std::shared_ptr<const Program> program;
+  };
+  void keep_lost_part(LostPart part);
+  void drop_lost_parts();  // by submit() and the destructor, never a DSE
   // Releases the finished tile's children and counts it done.
   ReadyTile complete_tile(int index, const ReadyTile& item);
 
@@ -145,6 +157,8 @@ class Runtime {
   std::atomic<int64_t> last_preempted_open_ns_{-1};  // when a DSE last opened a tile for being preempted
   std::atomic<bool> tracing_{false};
   std::unique_ptr<TraceBuffer[]> traces_;
+  std::mutex lost_mu_;
+  std::vector<LostPart> lost_parts_;  // guarded by lost_mu_
   const pid_t owner_pid_;
 };
 
