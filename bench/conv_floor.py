@@ -2,13 +2,13 @@
 
     python bench/conv_floor.py [--batch 32] [--calls 5] [--repeats 15]
 
-Traces aspen calls (2 DSEs; medians of --calls) and sums each convolution's DSE time, then times every
-convolution alone on one thread, one image at a time: oneDNN's kernel on the weight packed
-as aspen packs it, the bias folded in, output allocated by oneDNN (no zero fill, no epilogue
-pass), the input hot in cache. The sum of those times over the batch, shared by the DSEs,
-bounds the call's span from below for these kernels: where aspen's convolution time sits
-near it, a faster call needs faster kernels, not another schedule. Rows group the
-convolutions by shape, largest loss first.
+Traces aspen calls (2 DSEs, medians of --calls) and sums each convolution's DSE time, then
+times every convolution alone on one thread, one image at a time: oneDNN's kernel on the
+weight packed as aspen packs it, with a bias as batch-norm folding leaves, its output
+allocated by oneDNN (no zero fill, no epilogue pass), the input hot in cache. The sum of
+those times over the batch, shared by the DSEs, bounds the call's span from below for these
+kernels: where aspen's convolution time sits near it, a faster call needs faster kernels,
+not another schedule. Rows group the convolutions by shape, largest difference first.
 """
 from __future__ import annotations
 
