@@ -28,6 +28,10 @@ at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows);
 // x [rows, in_features] times the weight `packed` holds, [rows, out_features].
 at::Tensor mkl_packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features);
 
+// Whether the tile's epilogue starts by adding a tensor operand as it is (a residual), which
+// kernels that accumulate into their output fuse by putting the operand there first.
+bool leads_with_residual_add(const TileSpec& t);
+
 // out = step(in, operand); `in` may alias `out` (an in-place epilogue).
 void apply_pointwise(const PointwiseStep& step, const at::Tensor& out, const at::Tensor& in,
                      const std::vector<at::Tensor>& tensors);

@@ -107,13 +107,12 @@ void run_mkl_linear(const TileSpec& t) {
     out.copy_(bias.expand_as(out));
     beta = 1.0f;
   }
-  size_t fused = 0;
   const auto& epilogue = t.epilogue;
-  if (!epilogue.empty() && epilogue[0].op == PointwiseOp::kAdd && epilogue[0].a == 1.0 && epilogue[0].operand >= 0) {
+  const size_t fused = leads_with_residual_add(t) ? 1 : 0;
+  if (fused) {
     if (beta == 0.0f) const_cast<at::Tensor&>(out).zero_();
     apply_pointwise(epilogue[0], out, out, t.tensors);
     beta = 1.0f;
-    fused = 1;
   }
   packed_gemm(out, x, t.tensors[2], beta);
   for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);

@@ -65,6 +65,12 @@ void apply_pointwise(const PointwiseStep& s, const at::Tensor& out, const at::Te
   apply(s, o, in, operand);
 }
 
+bool leads_with_residual_add(const TileSpec& t) {
+  if (t.epilogue.empty()) return false;
+  const PointwiseStep& s = t.epilogue[0];
+  return s.op == PointwiseOp::kAdd && s.a == 1.0 && s.operand >= 0;
+}
+
 void run_pointwise(const TileSpec& t) {
   TORCH_INTERNAL_ASSERT(!t.epilogue.empty());
   apply_pointwise(t.epilogue[0], t.tensors[0], t.tensors[1], t.tensors);

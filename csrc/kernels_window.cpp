@@ -71,11 +71,10 @@ void run_conv2d(const TileSpec& t) {
   // oneDNN writes the output in the input's layout; the output view is channels-last.
   const RowPadding in = channels_last_rows(t.tensors[1], v[2], v[3]);
 
-  size_t fused = 0;
   const auto& epilogue = t.epilogue;
-  if (!epilogue.empty() && epilogue[0].op == PointwiseOp::kAdd && epilogue[0].a == 1.0 && epilogue[0].operand >= 0) {
+  const size_t fused = leads_with_residual_add(t) ? 1 : 0;
+  if (fused) {
     out.copy_(t.tensors[epilogue[0].operand]);
-    fused = 1;
   } else {
     out.zero_();
   }
