@@ -1,6 +1,7 @@
 // Python bindings: thin wrappers. Every call that waits on DSEs releases the GIL.
 #include "aten_call.h"
 #include "kernels.h"
+#include "planned_output.h"
 #include "program.h"
 #include "runtime.h"
 #include "tile_parts.h"
@@ -8,8 +9,11 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
+#include <c10/core/CPUAllocator.h>
+
 #include <omp.h>
 
+#include <cstring>
 #include <iterator>
 #include <optional>
 #include <tuple>
@@ -181,6 +185,28 @@ void set_tile_sharing(Runtime& runtime, const std::string& name) {
               name, "'");
 }
 
+// A kernel's output as PlannedOutput sees it: inside the scope of `view`, a scratchpad of
+// `scratch_bytes` (if any) allocated and freed through the allocator's raw interface, as
+// oneDNN's are, then an allocation of `sizes` / `strides`, filled with `value` and landed.
+// Returns whether the output took the view's bytes.
+bool write_through_planned_output(const at::Tensor& view, const std::vector<at::Tensor>& inputs,
+                                  const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides,
+                                  const at::Tensor& value, int64_t scratch_bytes) {
+  TORCH_CHECK(view.device().is_cpu(), "aspen: planned outputs are CPU tensors");
+  install_planned_output_allocator();
+  const PlannedOutput planned(view, inputs);
+  if (scratch_bytes > 0) {
+    c10::Allocator* allocator = c10::GetCPUAllocator();
+    void* scratch = allocator->raw_allocate(scratch_bytes);
+    std::memset(scratch, 0xff, scratch_bytes);
+    allocator->raw_deallocate(scratch);
+  }
+  at::Tensor result = at::empty_strided(sizes, strides, view.options());
+  result.copy_(value);
+  planned.land(result);
+  return result.data_ptr() == view.data_ptr();
+}
+
 }  // namespace
 }  // namespace aspen
 
@@ -232,5 +258,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mkl_packed_linear", &aspen::mkl_packed_linear, pybind11::arg("x"), pybind11::arg("packed"),
         pybind11::arg("out_features"), pybind11::call_guard<pybind11::gil_scoped_release>(),
         "x [rows, in_features] times a weight packed by pack_mkl_linear_weight (for any rows).");
+  m.def("write_through_planned_output", &write_through_planned_output, pybind11::arg("view"), pybind11::arg("inputs"),
+        pybind11::arg("sizes"), pybind11::arg("strides"), pybind11::arg("value"), pybind11::arg("scratch_bytes") = 0,
+        "For tests: allocates a kernel's output (after a scratchpad of scratch_bytes, if any) inside a "
+        "planned-output scope of `view`, fills it with `value` and lands it in `view`; returns whether the "
+        "output took the view's bytes.");
   m.attr("MAX_DSES") = Runtime::kMaxDses;
 }

@@ -1,5 +1,6 @@
 // Linear tiles on weights prepacked into oneDNN's blocked layout at compile time.
 #include "kernels.h"
+#include "planned_output.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -32,6 +33,8 @@ bool onednn_post_op(const PointwiseStep& s, std::string* attr, std::string* algo
 
 }  // namespace
 
+// oneDNN returns a fresh output; a dense output view is that allocation (PlannedOutput),
+// a column block's view gets a copy.
 void run_packed_linear(const TileSpec& t) {
   std::string attr = "none", algorithm;
   const bool fused = !t.epilogue.empty() && onednn_post_op(t.epilogue[0], &attr, &algorithm);
@@ -43,9 +46,12 @@ void run_packed_linear(const TileSpec& t) {
   stack.emplace_back(attr);
   stack.emplace_back(c10::List<std::optional<c10::Scalar>>());
   stack.emplace_back(algorithm.empty() ? c10::IValue() : c10::IValue(algorithm));
-  onednn_linear().callBoxed(&stack);
   const at::Tensor& out = t.tensors[0];
-  out.copy_(stack[0].toTensor());
+  {
+    const PlannedOutput planned(out, {t.tensors[1]});
+    onednn_linear().callBoxed(&stack);
+    planned.land(stack[0].toTensor());
+  }
   for (size_t i = fused ? 1 : 0; i < t.epilogue.size(); ++i) apply_pointwise(t.epilogue[i], out, out, t.tensors);
 }
 

@@ -2,6 +2,7 @@
 
 #include "clock_ns.h"
 #include "cpu_affinity.h"
+#include "planned_output.h"
 #include "tile_parts.h"
 
 #include <ATen/Parallel.h>
@@ -86,6 +87,9 @@ Runtime::Runtime(int num_dses)
       creator_cpus_(current_thread_cpus()),
       traces_(new TraceBuffer[kMaxDses]),
       owner_pid_(getpid()) {
+  // Before any DSE runs a kernel that writes through it; from the creating thread, which
+  // holds the GIL, so no Python thread allocates while the allocator is swapped.
+  install_planned_output_allocator();
   set_num_dses(num_dses);
 }
 

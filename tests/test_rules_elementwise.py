@@ -7,6 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import assert_matches_eager
 
+from aspen_torch.apu.tile_graph import TileKind
+from aspen_torch.memory_plan import plan_memory
+
 ACTIVATIONS = {
     "relu": torch.relu, "relu6": F.relu6, "hardtanh": lambda x: F.hardtanh(x, -0.5, 0.7),
     "silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish, "tanh": torch.tanh,
@@ -71,6 +74,28 @@ def test_residual_add_into_conv_epilogue():
 
     report = assert_matches_eager(Block().eval(), torch.randn(1, 8, 20, 12))
     assert set(report.tiles_per_op) == {"aten.convolution.default"}
+
+
+def test_residual_that_lives_on_is_added_where_it_lies():
+    """The shortcut is used after the add, so the conv cannot write over it: oneDNN reads it
+    as a binary operand and writes the sum into the conv's own buffer."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            x = torch.relu(x)
+            return self.head(torch.relu(self.conv(x) + x)), x * 2
+
+    report = assert_matches_eager(Block().eval(), torch.randn(2, 8, 10, 12), options={"tiles_per_dse": 2})
+    graph = report.tile_graphs[0]
+    conv = [t for t in graph.tiles if t.kind == TileKind.CONV2D and t.node_name == "convolution"]
+    assert conv and all(t.epilogue for t in conv), "the residual add runs inside the conv tiles"
+    shortcut = conv[0].args[conv[0].epilogue[0].operand].ref.buffer
+    memory = plan_memory(graph)
+    assert memory.slot_of[conv[0].out.ref.buffer] != memory.slot_of[shortcut]
 
 
 def test_value_used_twice_is_not_overwritten_by_an_epilogue():
