@@ -162,12 +162,12 @@ def _free_slot(slots: list[_Slot], last_use: dict[Buffer, int], buf: Buffer, fir
 def _residual_to_overwrite(graph: TileGraph, buf: Buffer, writers: dict[Buffer, Touches],
                            readers: dict[Buffer, Touches]) -> Optional[Buffer]:
     """The residual whose bytes `buf` may take over while its writers still read it: a
-    ResNet block's shortcut that dies in the convolution tiles adding it. A convolution
-    tile fills its output with the residual before oneDNN accumulates into it
-    (csrc/kernels_window.cpp), and ATen's copy of a view onto itself does nothing, so
-    writing in place saves that copy (a read and a write of the whole output) when each
-    tile reads the residual exactly at the box it writes, through nothing else, and no
-    later tile reads the residual."""
+    ResNet block's shortcut that dies in the convolution tiles adding it. Over the
+    residual's own bytes a convolution tile has oneDNN accumulate into them in place
+    (csrc/kernels_window.cpp) instead of reading the residual and writing a second buffer,
+    which keeps the block's footprint to one buffer; allowed when each tile reads the
+    residual exactly at the box it writes, through nothing else, and no later tile reads
+    the residual."""
     residual: Optional[Buffer] = None
     own = {w for w, _ in writers[buf]}
     for w in own:

@@ -144,7 +144,7 @@ class _Residual(nn.Module):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_dying_residual_is_overwritten_in_place(batch):
     """The convolution adding the shortcut writes its result over the shortcut's own bytes
-    (its kernel starts by copying the shortcut into its output; in place that copy is gone)."""
+    (oneDNN accumulates into them in place: no second buffer)."""
     model, x = _Residual().eval(), torch.randn(batch, 3, 16, 16)
     options = {"num_dses": 2, "tiles_per_dse": 2, "min_tile_flops": 1.0}
     (graph,) = aspen_torch.explain(model, x, options=options).tile_graphs

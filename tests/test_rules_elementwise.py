@@ -133,8 +133,8 @@ def test_residual_whose_shortcut_conv_comes_later_fuses_into_the_shortcut():
 
 
 def test_value_added_to_itself_is_not_fused_into_its_conv():
-    """y + y reads the conv tiles' own output: a conv tile pre-fills its output with the
-    residual before convolving, when that output does not exist yet (wrong before)."""
+    """y + y reads the conv tiles' own output: a conv tile reads its residual while
+    convolving, when that output does not exist yet (wrong before)."""
     model = ConvThen(lambda y: torch.relu(y + y)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 10, 10), options={"min_tile_flops": 1e3})
 

@@ -183,7 +183,7 @@ class LoweringContext:
         # topological order (the planner relies on it), so a later tile's output (a
         # residual add whose shortcut conv comes after the main branch) would be a
         # backward edge; the tile's own output (conv(x) + conv(x)) is not there yet
-        # when a conv tile pre-fills its output with the residual.
+        # when a conv tile reads the residual.
         if any(writer >= i for i, r in zip(tiles, regions) for writer in self._writers_of(r)):
             return None
         return regions
