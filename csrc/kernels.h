@@ -29,7 +29,8 @@ at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows);
 at::Tensor mkl_packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features);
 
 // Whether the tile's epilogue starts by adding a tensor operand as it is (a residual), which
-// kernels that accumulate into their output fuse by putting the operand there first.
+// the conv and MKL linear kernels fuse: oneDNN adds it as a binary operand or accumulates
+// onto it in place; MKL's GEMM accumulates onto it put in the output first.
 bool leads_with_residual_add(const TileSpec& t);
 
 // out = step(in, operand); `in` may alias `out` (an in-place epilogue).

@@ -7,9 +7,9 @@
 
 namespace aspen {
 
-// Scope of one kernel call. Offers `view`'s bytes when the view is dense and its first byte
-// is not shared with `inputs` (an allocation the kernel makes before its output, of the
-// same size, would otherwise overwrite an input it reads); withdraws the offer on exit.
+// Scope of one kernel call. Offers `view`'s bytes when the view is dense and shares none of
+// them with `inputs` (an allocation the kernel makes before its output, of the same size,
+// would otherwise overwrite an input it reads); withdraws the offer on exit.
 class PlannedOutput {
  public:
   PlannedOutput(const at::Tensor& view, c10::ArrayRef<at::Tensor> inputs);

@@ -30,7 +30,7 @@ def test_a_channels_last_view_is_the_allocation():
 
 def test_the_same_bytes_in_another_layout_are_rewritten_in_the_views_layout():
     view = torch.zeros(2, 8, 4, 5).to(memory_format=torch.channels_last)
-    write(view, (2, 8, 4, 5), (160, 20, 5, 1))
+    assert write(view, (2, 8, 4, 5), (160, 20, 5, 1)), "the allocation took the view's bytes"
 
 
 def test_a_strided_view_gets_a_copy():
