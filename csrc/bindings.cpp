@@ -126,7 +126,14 @@ void run_program(Runtime& runtime, const std::shared_ptr<Program>& program, bool
                  const CopyPairs& copy_out) {
   pybind11::gil_scoped_release no_gil;
   copy_on_this_thread(copy_in);
-  runtime.submit(program, urgent)->wait();
+  const std::shared_ptr<Request> request = runtime.submit(program, urgent);
+  request->wait();
+  if (request->lost_nan()) {
+    // Its relus turned a NaN into 0 somewhere: again, with the inputs copied in anew (the
+    // memory plan may have reused their buffers) and the program's relus exact from now on.
+    copy_on_this_thread(copy_in);
+    runtime.submit(program, urgent)->wait();
+  }
   copy_on_this_thread(copy_out);
 }
 
@@ -216,7 +223,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Program, std::shared_ptr<Program>>(m, "Program")
       .def_property_readonly("num_tiles", &Program::num_tiles)
       .def_property_readonly("num_edges", &Program::num_edges)
-      .def_property_readonly("id", [](const Program& p) { return reinterpret_cast<uintptr_t>(&p); });
+      .def_property_readonly("id", [](const Program& p) { return reinterpret_cast<uintptr_t>(&p); })
+      .def_property_readonly(
+          "relus_fused", [](const Program& p) { return p.relu_fusion() == ReluFusion::kFused; },
+          "Whether its conv tiles fuse their relu (false once a request may have lost a NaN to it).");
   m.def("make_program", &make_program, pybind11::arg("tiles"), pybind11::arg("edges"),
         "Builds an immutable tile program; raises on bad tiles or a cyclic graph.");
   pybind11::class_<Runtime, std::unique_ptr<Runtime, RuntimeDeleter>>(m, "Runtime")

@@ -5,7 +5,8 @@
 
 namespace aspen {
 
-void run_conv2d(const TileSpec& t);
+// Returns true when the relu it fused may have turned a NaN into 0 (tile_spec.h's run_tile).
+bool run_conv2d(const TileSpec& t, ReluFusion relu);
 void run_max_pool2d(const TileSpec& t);
 void run_avg_pool2d(const TileSpec& t);
 void run_linear(const TileSpec& t);

@@ -4,13 +4,16 @@
 // passed as symmetric padding and unequal ones (the first and last band) are
 // materialised; max pooling clips its windows itself.
 #include "kernels.h"
+#include "lost_nan_watch.h"
 #include "planned_output.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/ops/avg_pool2d.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <limits>
 
@@ -80,24 +83,30 @@ bool over_itself(const at::Tensor& view, const at::Tensor& operand) {
          view.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-}  // namespace
+// Whether the epilogue step after the conv (and its fused residual add) is a relu.
+bool relu_follows(const TileSpec& t, bool residual) {
+  const size_t next = residual ? 1 : 0;
+  return t.epilogue.size() > next && t.epilogue[next].op == PointwiseOp::kRelu;
+}
 
 // Convolves into the output view. Over a dying residual's own bytes, oneDNN's in-place
 // binary-add form adds conv(x) to them; otherwise oneDNN's plain or binary-add form, whose
 // output allocation is the view itself (PlannedOutput), so that the view is neither filled
 // first nor read back and a residual is read where it lies (ResNet-50 B8 / B32 on the Intel
 // host, paired against filling the view with zeros or the residual for the in-place form:
-// 3.1% / 1.2-3.6% faster). A relu is not a oneDNN post-op: oneDNN computes it as max(x, 0),
-// which turns NaN into 0 where eager keeps NaN; it runs afterwards with the other epilogue
-// steps, in place, on the tile while it is still in cache. An output-channel block's view is
-// a channel slice of a channels-last buffer, not dense: oneDNN's output is copied over it.
-void run_conv2d(const TileSpec& t) {
+// 3.1% / 1.2-3.6% faster). With `fuse_relu` the relu after them is oneDNN's post-op, whose
+// loss of a NaN the returned flag reports (lost_nan_watch.h); else it runs afterwards with
+// the other epilogue steps, in place, on the tile while it is still in cache. An
+// output-channel block's view is a channel slice of a channels-last buffer, not dense:
+// oneDNN's output is copied over it.
+bool convolve(const TileSpec& t, bool fuse_relu) {
   const at::Tensor& view = t.tensors[0];
   // oneDNN writes the output in the input's layout; the output view is channels-last.
   const RowPadding in = channels_last_rows(t.tensors[1], t.ints[2], t.ints[3]);
   const auto& epilogue = t.epilogue;
   const bool residual = leads_with_residual_add(t);
   const at::Tensor* operand = residual ? &t.tensors[epilogue[0].operand] : nullptr;
+  const c10::IValue relu = fuse_relu ? c10::IValue(std::string("relu")) : c10::IValue();
 
   torch::jit::Stack stack;
   stack.reserve(13);
@@ -109,22 +118,102 @@ void run_conv2d(const TileSpec& t) {
   if (residual) {
     stack.emplace_back(std::string("add"));
     stack.emplace_back(c10::Scalar(1.0));
-    stack.emplace_back(c10::IValue());
+    stack.emplace_back(relu);
   } else {
-    stack.emplace_back(std::string("none"));
+    stack.emplace_back(fuse_relu ? relu : c10::IValue(std::string("none")));
   }
   stack.emplace_back(c10::List<std::optional<c10::Scalar>>());
   stack.emplace_back(c10::IValue());
+  bool lost_nan = false;
   if (in_place) {
+    const LostNanWatch watch;
     mkldnn_conv_inplace_add().callBoxed(&stack);
+    lost_nan = fuse_relu && watch.saw_nan();
     TORCH_INTERNAL_ASSERT(stack[0].toTensor().data_ptr() == view.data_ptr(), "oneDNN did not write in place");
   } else {
     const PlannedOutput planned(view, residual ? c10::ArrayRef<at::Tensor>{in.input, *operand}
                                                : c10::ArrayRef<at::Tensor>{in.input});
-    (residual ? mkldnn_conv_add() : mkldnn_conv()).callBoxed(&stack);
+    {
+      const LostNanWatch watch;
+      (residual ? mkldnn_conv_add() : mkldnn_conv()).callBoxed(&stack);
+      lost_nan = fuse_relu && watch.saw_nan();
+    }
     planned.land(stack[0].toTensor());
   }
-  for (size_t i = residual ? 1 : 0; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], view, view, t.tensors);
+  const size_t fused_steps = (residual ? 1 : 0) + (fuse_relu ? 1 : 0);
+  for (size_t i = fused_steps; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], view, view, t.tensors);
+  return lost_nan;
+}
+
+// Numbers of both signs in [-1, 1) in a fixed pattern: the probes below must not draw from
+// torch's generator, whose state is the caller's.
+at::Tensor probe_values(at::IntArrayRef sizes, at::MemoryFormat format) {
+  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(at::kFloat).memory_format(format));
+  float* p = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>((i * 37) % 16 - 8) / 8.0f;
+  return t;
+}
+
+// A conv tile of `channels` channels on a 6x6 image for the check below: `residual` adds
+// one (`in_place`: accumulating onto its bytes), then a relu.
+struct ReluProbe {
+  TileSpec spec;
+  at::Tensor input;
+  at::Tensor residual;
+};
+
+ReluProbe relu_probe(int64_t channels, int64_t kernel, bool residual, bool in_place) {
+  constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+  const at::Tensor input = probe_values({1, channels, 6, 6}, kChannelsLast);
+  const int64_t pad = kernel / 2;
+  TileSpec spec{TileKind::kConv2d, {}, {1, 1, pad, pad, pad, 1, 1, 1}, {}, "relu probe"};
+  spec.tensors = {at::empty_like(input), input,
+                  probe_values({channels, channels, kernel, kernel}, at::MemoryFormat::Contiguous).mul_(0.1),
+                  probe_values({channels}, at::MemoryFormat::Contiguous)};
+  at::Tensor added;
+  if (residual) {
+    added = probe_values({1, channels, 6, 6}, kChannelsLast);
+    if (in_place) spec.tensors[0] = added;
+    spec.tensors.push_back(added);
+    spec.epilogue.push_back(PointwiseStep{PointwiseOp::kAdd, 4, 1.0, 0.0});
+  }
+  spec.epilogue.push_back(PointwiseStep{PointwiseOp::kRelu, -1, 0.0, 0.0});
+  return {std::move(spec), input, added};
+}
+
+// Whether oneDNN's fused relu, on this machine and thread, reports every NaN it turns into 0
+// (the invalid flag rises, lost_nan_watch.h) and none on numbers, in each form convolve
+// calls: checked once per process on a 3x3 and a 1x1 probe with a NaN in the input or the
+// residual. oneDNN's x86 kernels apply the relu with maxps, which raises the flag; where a
+// kernel kept the NaN instead, nothing was lost.
+bool fused_relu_reports_lost_nan() {
+  static const bool reports = [] {
+    if (!LostNanWatch::kAvailable) return false;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (int64_t kernel : {1, 3}) {
+      for (const auto& [residual, in_place] : {std::pair{false, false}, {true, false}, {true, true}}) {
+        if (convolve(relu_probe(16, kernel, residual, in_place).spec, true)) return false;
+        for (bool in_residual : {false, true}) {
+          if (in_residual && !residual) continue;
+          ReluProbe probe = relu_probe(16, kernel, residual, in_place);
+          (in_residual ? probe.residual : probe.input)[0][5][2][3] = nan;
+          const bool reported = convolve(probe.spec, true);
+          if (!reported && !probe.spec.tensors[0].isnan().any().item<bool>()) return false;
+        }
+      }
+    }
+    return true;
+  }();
+  return reports;
+}
+
+}  // namespace
+
+// A relu is fused only on a DSE's single thread: oneDNN's threads would raise their own flags.
+bool run_conv2d(const TileSpec& t, ReluFusion relu) {
+  const bool fuse_relu = relu == ReluFusion::kFused && relu_follows(t, leads_with_residual_add(t)) &&
+                         at::get_num_threads() == 1 && fused_relu_reports_lost_nan();
+  return convolve(t, fuse_relu);
 }
 
 namespace {

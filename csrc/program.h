@@ -1,6 +1,7 @@
 // A Program is an immutable tile graph: tiles, dependency counts and child
-// lists. It holds no run state (a timing hint for waiters aside), so one Program
-// can serve many requests and several Programs (tenants) can share one Runtime.
+// lists. It holds no run state (a timing hint for waiters and whether to fuse relus
+// aside), so one Program can serve many requests and several Programs (tenants) can
+// share one Runtime.
 #pragma once
 
 #include "tile_spec.h"
@@ -33,6 +34,13 @@ class Program {
     recent_duration_ns_.store(old == 0 ? ns : old + (ns - old) / 4, std::memory_order_relaxed);
   }
 
+  // How its requests' conv tiles apply a relu: fused until one of them lost a NaN, exact
+  // from then on, so a program fed NaN does not run every request twice (bindings.cpp).
+  ReluFusion relu_fusion() const {
+    return lost_nan_.load(std::memory_order_relaxed) ? ReluFusion::kExact : ReluFusion::kFused;
+  }
+  void note_lost_nan() const { lost_nan_.store(true, std::memory_order_relaxed); }
+
  private:
   std::vector<TileSpec> tiles_;
   std::vector<int32_t> initial_deps_;
@@ -40,6 +48,7 @@ class Program {
   std::vector<int32_t> child_index_;
   std::vector<int32_t> roots_;
   mutable std::atomic<int64_t> recent_duration_ns_{0};
+  mutable std::atomic<bool> lost_nan_{false};
 };
 
 }  // namespace aspen

@@ -18,6 +18,7 @@ constexpr std::chrono::microseconds kPolledDurations{300};
 Request::Request(std::shared_ptr<const Program> program, bool urgent)
     : program_(std::move(program)),
       urgent_(urgent),
+      relu_fusion_(program_->relu_fusion()),
       pending_deps_(new std::atomic<int32_t>[program_->num_tiles()]),
       tiles_left_(program_->num_tiles()),
       submitted_(std::chrono::steady_clock::now()) {

@@ -30,6 +30,8 @@ class Request {
   const Program& program() const { return *program_; }
   const std::shared_ptr<const Program>& program_ptr() const { return program_; }
   bool urgent() const { return urgent_; }
+  // How its conv tiles apply a relu: fused, unless a request of its program lost a NaN.
+  ReluFusion relu_fusion() const { return relu_fusion_; }
 
   // Returns true when `child` became ready through this decrement.
   bool release_dependency(int32_t child) {
@@ -54,6 +56,15 @@ class Request {
   void fail(const TileError& error);
   bool failed() const { return failed_.load(std::memory_order_acquire); }
 
+  // A fused relu may have turned a NaN into 0: the results may not be eager's. Later
+  // requests of the program run their relus exact.
+  void note_lost_nan() {
+    program_->note_lost_nan();
+    lost_nan_.store(true, std::memory_order_relaxed);
+  }
+  // Read after wait(), whose acquire of done_ orders it after every tile's note.
+  bool lost_nan() const { return lost_nan_.load(std::memory_order_relaxed); }
+
   void mark_done();
   // Blocks until every tile finished; throws the first tile error as its c10 class. Polls (yielding) first
   // if the program's recent requests were short (request.cpp), else sleeps.
@@ -62,9 +73,11 @@ class Request {
  private:
   std::shared_ptr<const Program> program_;
   const bool urgent_;
+  const ReluFusion relu_fusion_;
   std::unique_ptr<std::atomic<int32_t>[]> pending_deps_;
   std::atomic<int64_t> tiles_left_;
   std::atomic<bool> failed_{false};
+  std::atomic<bool> lost_nan_{false};
   const std::chrono::steady_clock::time_point submitted_;
   std::mutex mu_;
   std::condition_variable done_cv_;

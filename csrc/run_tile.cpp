@@ -4,10 +4,10 @@
 
 namespace aspen {
 
-void run_tile(const TileSpec& tile, int dse_index) {
+bool run_tile(const TileSpec& tile, int dse_index, ReluFusion relu) {
   switch (tile.kind) {
-    case TileKind::kPointwise: run_pointwise(tile); return;  // its epilogue is its body
-    case TileKind::kConv2d: run_conv2d(tile); return;  // fuses what it can of its epilogue itself
+    case TileKind::kPointwise: run_pointwise(tile); return false;  // its epilogue is its body
+    case TileKind::kConv2d: return run_conv2d(tile, relu);  // fuses what it can of its epilogue itself
     case TileKind::kMaxPool2d: run_max_pool2d(tile); break;
     case TileKind::kAvgPool2d: run_avg_pool2d(tile); break;
     case TileKind::kMean: run_mean(tile); break;
@@ -16,13 +16,14 @@ void run_tile(const TileSpec& tile, int dse_index) {
     case TileKind::kAtenOp: run_aten_op(tile); break;
     case TileKind::kSafeSoftmax: run_safe_softmax(tile); break;
     case TileKind::kAttention: run_attention(tile); break;
-    case TileKind::kPackedLinear: run_packed_linear(tile); return;  // fuses its leading activation itself
-    case TileKind::kMklLinear: run_mkl_linear(tile); return;  // fuses its leading residual add itself
-    case TileKind::kRecord: run_record(tile, dse_index); return;
-    case TileKind::kThreadProbe: run_thread_probe(tile); return;
+    case TileKind::kPackedLinear: run_packed_linear(tile); return false;  // fuses its leading activation itself
+    case TileKind::kMklLinear: run_mkl_linear(tile); return false;  // fuses its leading residual add itself
+    case TileKind::kRecord: run_record(tile, dse_index); return false;
+    case TileKind::kThreadProbe: run_thread_probe(tile); return false;
     default: TORCH_CHECK(false, "aspen: unknown tile kind ", static_cast<int>(tile.kind));
   }
   run_epilogue(tile);
+  return false;
 }
 
 }  // namespace aspen

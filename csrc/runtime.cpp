@@ -40,18 +40,26 @@ ErrorKind kind_of(const c10::Error& error) {
   return ErrorKind::kRuntime;
 }
 
-// Runs `spec` between two samples of `meter` if given; returns the error, if any.
-std::optional<TileError> try_run_tile(const TileSpec& spec, int index, PreemptionMeter* meter) {
+// What running a tile came to: its error, if any, and whether a fused relu may have turned a
+// NaN into 0 (tile_spec.h's run_tile).
+struct TileOutcome {
+  std::optional<TileError> error;
+  bool lost_nan = false;
+};
+
+// Runs `spec` between two samples of `meter` if given.
+TileOutcome try_run_tile(const TileSpec& spec, int index, ReluFusion relu, PreemptionMeter* meter) {
   if (meter != nullptr) meter->observe();
+  TileOutcome outcome;
   try {
-    run_tile(spec, index);
+    outcome.lost_nan = run_tile(spec, index, relu);
   } catch (const c10::Error& e) {
-    return TileError{kind_of(e), e.what_without_backtrace()};
+    outcome.error = TileError{kind_of(e), e.what_without_backtrace()};
   } catch (const std::exception& e) {
-    return TileError{ErrorKind::kRuntime, e.what()};
+    outcome.error = TileError{ErrorKind::kRuntime, e.what()};
   }
-  if (meter != nullptr) meter->observe();
-  return std::nullopt;
+  if (meter != nullptr && !outcome.error) meter->observe();
+  return outcome;
 }
 
 // The error with the tile it came from.
@@ -255,12 +263,13 @@ void Runtime::run_kernel(int index, const ReadyTile& item, const TileSpec& spec,
   if (request->failed()) return;
   const bool tracing = tracing_.load(std::memory_order_relaxed);
   const int64_t start = tracing ? wall_ns() : 0;
-  const std::optional<TileError> error = try_run_tile(spec, index, meter);
-  if (error) {
-    request->fail(tile_error(*request, item.tile, *error));
-  } else if (tracing) {
-    record_trace(index, request->program_ptr(), item, start);
+  const TileOutcome outcome = try_run_tile(spec, index, request->relu_fusion(), meter);
+  if (outcome.error) {
+    request->fail(tile_error(*request, item.tile, *outcome.error));
+    return;
   }
+  if (outcome.lost_nan) request->note_lost_nan();
+  if (tracing) record_trace(index, request->program_ptr(), item, start);
 }
 
 bool Runtime::losing_core(const Dse* self) const {
@@ -287,23 +296,24 @@ bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece,
   std::shared_ptr<const Program> program = tracing ? request->program_ptr() : nullptr;
   const int64_t start = tracing ? wall_ns() : 0;
   speculative_.start(index, self->cpu_clock, piece);
-  std::optional<TileError> error = try_run_tile(spec, index, &self->meter);
+  TileOutcome outcome = try_run_tile(spec, index, request->relu_fusion(), &self->meter);
   if (!speculative_.commit(index)) {
     keep_lost_part(LostPart{std::move(spec), out, std::move(program)});
     return false;
   }
-  if (!error) {
+  if (!outcome.error) {
     try {
       out.copy_(spec.tensors[0]);
     } catch (const std::exception& e) {
-      error = TileError{ErrorKind::kRuntime, e.what()};
+      outcome.error = TileError{ErrorKind::kRuntime, e.what()};
     }
   }
-  if (error) {
-    request->fail(tile_error(*request, piece.tile, *error));
-  } else if (tracing) {
-    record_trace(index, std::move(program), piece, start);
+  if (outcome.error) {
+    request->fail(tile_error(*request, piece.tile, *outcome.error));
+    return true;
   }
+  if (outcome.lost_nan) request->note_lost_nan();
+  if (tracing) record_trace(index, std::move(program), piece, start);
   return true;
 }
 

@@ -97,7 +97,15 @@ struct TileSpec {
   std::vector<int32_t> split_dims;
 };
 
+// How a tile applies a relu that follows its oneDNN convolution (lost_nan_watch.h).
+enum class ReluFusion : int32_t {
+  kFused,  // as oneDNN's post-op (NaN becomes 0), telling when that may have happened
+  kExact,  // as a NaN-keeping pass over the output afterwards
+};
+
 // Runs one tile on the calling thread. Throws (c10::Error / std::exception) on failure.
-void run_tile(const TileSpec& tile, int dse_index);
+// Returns true when a fused relu may have turned a NaN into 0 (the request must run again
+// with ReluFusion::kExact).
+bool run_tile(const TileSpec& tile, int dse_index, ReluFusion relu);
 
 }  // namespace aspen
