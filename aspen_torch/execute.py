@@ -39,6 +39,13 @@ class CompiledPartition(torch.nn.Module):
         with self._plans_lock:
             self._free_plans.append(taken)
 
+    @property
+    def relus_fused(self) -> bool:
+        """Whether its conv tiles fuse their relus into oneDNN: false once a call may have
+        lost a NaN to them (then they run as NaN-keeping passes; docs/design.md)."""
+        with self._plans_lock:
+            return all(p.program.relus_fused for p in self._free_plans)
+
     def _check_inputs(self, args: tuple) -> None:
         if len(args) != len(self._input_specs):
             raise AspenInputError(f"aspen partition {self.name}: expected {len(self._input_specs)} inputs, got {len(args)}")

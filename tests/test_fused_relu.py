@@ -2,11 +2,16 @@
 have happened runs again with the relu as a NaN-keeping pass, and its program stays exact."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from aspen_torch import _C
+from aspen_torch.execute import CompiledPartition
+from helpers import compile_strict
 
 CONV, ADD, RELU = 0, 0, 4
 
@@ -80,3 +85,23 @@ def test_an_infinity_that_makes_a_nan_reruns_the_request(runtime):
     runtime.run(program)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
     assert not program.relus_fused
+
+
+def test_a_compiled_model_fed_a_nan_matches_eager_and_turns_exact():
+    """Through torch.compile: clean calls fuse, the call with a NaN reruns (its input copied in
+    anew), and later clean calls run the passes and still match eager."""
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU()).eval()
+    existing = {id(p) for p in gc.get_objects() if type(p) is CompiledPartition}
+    compiled = compile_strict(model, num_dses=2)
+    clean, poisoned = torch.randn(2, 8, 10, 9), torch.randn(2, 8, 10, 9)
+    poisoned[1, 2, 3, 4] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(clean), model(clean), rtol=1e-4, atol=1e-4)
+        (partition,) = [p for p in gc.get_objects() if type(p) is CompiledPartition and id(p) not in existing]
+        assert partition.relus_fused
+        expected = model(poisoned)
+        assert expected.isnan().any() and not expected[0].isnan().any()
+        torch.testing.assert_close(compiled(poisoned), expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+        assert not partition.relus_fused
+        torch.testing.assert_close(compiled(clean), model(clean), rtol=1e-4, atol=1e-4)
