@@ -294,9 +294,12 @@ bool Runtime::run_speculative_part(int index, Dse* self, const ReadyTile& piece,
   spec.tensors[0] = at::empty(out.sizes(), out.options().memory_format(out.suggest_memory_format()));
   const bool tracing = tracing_.load(std::memory_order_relaxed);
   std::shared_ptr<const Program> program = tracing ? request->program_ptr() : nullptr;
+  // Read before start(): from then on a helper may take the part over and finish the
+  // request, which its caller may then free, until commit() says the part is still ours.
+  const ReluFusion relu = request->relu_fusion();
   const int64_t start = tracing ? wall_ns() : 0;
   speculative_.start(index, self->cpu_clock, piece);
-  TileOutcome outcome = try_run_tile(spec, index, request->relu_fusion(), &self->meter);
+  TileOutcome outcome = try_run_tile(spec, index, relu, &self->meter);
   if (!speculative_.commit(index)) {
     keep_lost_part(LostPart{std::move(spec), out, std::move(program)});
     return false;
