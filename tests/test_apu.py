@@ -150,6 +150,21 @@ def test_large_batches_are_cut_into_small_chunks():
     assert_matches_eager(heavy, x, options={"num_dses": 2})
 
 
+def test_strided_downsample_chunks_count_the_pixels_it_reads():
+    """A stride-2 1x1 conv reads a quarter of each image: its chunks weigh that quarter
+    against the weights. 1x1x64x128 weights (8192) against 8x8x64 read of 16x16x64 images
+    (4096 of 16384): chunks of 2 images, where all of each image would give 1."""
+    conv = nn.Conv2d(64, 128, 1, stride=2).eval()
+    x = torch.randn(8, 64, 16, 16)
+    options = {"strict": True, "num_dses": 2, "min_tile_flops": 1.0}
+    (graph,) = aspen_torch.explain(conv, x, options=options).tile_graphs
+    assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    # A 3x3 kernel at stride 2 reads every pixel: 36864 weights against 16384 read, chunks of 3
+    # (a quarter of the image counted would give 8, all in one tile but for the DSEs' two).
+    (graph,) = aspen_torch.explain(nn.Conv2d(64, 64, 3, stride=2, padding=1).eval(), x, options=options).tile_graphs
+    assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 3), (3, 6), (6, 8)]
+    assert_matches_eager(conv, x, options={"num_dses": 2, "min_tile_flops": 1.0})
+
 def test_empty_batch_needs_no_tiles():
     """A batch of 0 images: the ops with empty outputs get buffers but no tiles (rules cut
     outputs by their sizes and would divide by zero); reductions over the empty batch,

@@ -93,17 +93,28 @@ def _output_channel_blocks(ctx: LoweringContext, flops: float, n: int, in_elemen
     return [(b0 * _CHANNEL_BLOCK, b1 * _CHANNEL_BLOCK) for b0, b1 in blocks]
 
 
+def _elements_read_per_image(channels: int, size: tuple[int, int], out_size: tuple[int, int],
+                             kernel: tuple[int, int]) -> int:
+    """Input elements of one image a convolution reads: all of them, but a kernel smaller
+    than its stride (a stride-2 1x1 downsample) reads only the rows and columns it lands on."""
+    return channels * min(size[0], out_size[0] * kernel[0]) * min(size[1], out_size[1] * kernel[1])
+
+
 def _images_per_tile(ctx: LoweringContext, n: int, weight_elements: int, image_elements: int) -> int:
     """Images a convolution's batch tiles take: enough that the weights, which each tile
-    reads whole, weigh no more than its input images, but no fewer tiles than the DSEs
-    need. One image a tile keeps a DSE's chunk in its caches through several ops (layers
+    reads whole, weigh no more than the input it reads of its images, but no fewer tiles
+    than the DSEs need. One image a tile keeps a DSE's chunk in its caches through several ops (layers
     1-2 of ResNet-50, light weights, large images); a late layer re-reading 1-9 MB of
     weights per 7x7 or 14x14 image spends its time streaming weights. Paired in one process
     on the Intel host of the eighteenth session, 2 DSEs: ResNet-50 B8 247 -> 231 ms, B32
     977 -> 915 ms (per-round 1.07, 1.06; inductor+freezing 223 and 963 in the same runs);
     chunks of 4 images for every conv did less (the light convs' zero-filled outputs then
     outgrow the L2), and output-channel blocks of chunks, so that each DSE reads part of the
-    weights, did worse (their scratch and its copy)."""
+    weights, did worse (their scratch and its copy). A stride-2 1x1 downsample reads a
+    quarter of its input: counting only that (layer 3's 512 -> 1024 in chunks of 6 images,
+    was 2; layer 4's in 16, was 11) made ResNet-50 B32 1.5-1.7% faster (paired, twenty-second
+    session); one thread, cold input, that downsample takes 2.06 / 1.78 / 1.65 ms an image
+    in chunks of 2 / 4 / 8."""
     most = max(1, n // ctx.policy.wanted_tiles)
     return min(most, max(1, -(-weight_elements // image_elements)))
 
@@ -227,7 +238,8 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     elif blocks is None:
         out = _window_tiles(node, ctx, TileKind.CONV2D, xref, out_shape, (kh, kw), stride, padding,
                             dilation, flops, True, inputs_for, ints_of,
-                            _images_per_tile(ctx, n, weight.numel(), c * h * wd))
+                            _images_per_tile(ctx, n, weight.numel(),
+                                             _elements_read_per_image(c, (h, wd), (oh, ow), (kh, kw))))
     else:
         out = ctx.new_buffer(node, out_shape)
         i0, i1, top, bottom, seen_rows, seen_pad = _band_rows(Window(kh, stride[0], padding[0], dilation[0]), 0, oh, h)
