@@ -160,10 +160,11 @@ def test_strided_downsample_chunks_count_the_pixels_it_reads():
     (graph,) = aspen_torch.explain(conv, x, options=options).tile_graphs
     assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     # A 3x3 kernel at stride 2 reads every pixel: 36864 weights against 16384 read, chunks of 3
-    # (a quarter of the image counted would give 8, all in one tile but for the DSEs' two).
+    # (a quarter of the image counted would give chunks of 4, half the batch).
     (graph,) = aspen_torch.explain(nn.Conv2d(64, 64, 3, stride=2, padding=1).eval(), x, options=options).tile_graphs
     assert sorted(t.out.box[0] for t in graph.tiles) == [(0, 3), (3, 6), (6, 8)]
     assert_matches_eager(conv, x, options={"num_dses": 2, "min_tile_flops": 1.0})
+
 
 def test_empty_batch_needs_no_tiles():
     """A batch of 0 images: the ops with empty outputs get buffers but no tiles (rules cut

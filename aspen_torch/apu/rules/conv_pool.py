@@ -103,8 +103,8 @@ def _elements_read_per_image(channels: int, size: tuple[int, int], out_size: tup
 def _images_per_tile(ctx: LoweringContext, n: int, weight_elements: int, image_elements: int) -> int:
     """Images a convolution's batch tiles take: enough that the weights, which each tile
     reads whole, weigh no more than the input it reads of its images, but no fewer tiles
-    than the DSEs need. One image a tile keeps a DSE's chunk in its caches through several ops (layers
-    1-2 of ResNet-50, light weights, large images); a late layer re-reading 1-9 MB of
+    than the DSEs need. One image a tile keeps a DSE's chunk in its caches through several
+    ops (layers 1-2 of ResNet-50, light weights, large images); a late layer re-reading 1-9 MB of
     weights per 7x7 or 14x14 image spends its time streaming weights. Paired in one process
     on the Intel host of the eighteenth session, 2 DSEs: ResNet-50 B8 247 -> 231 ms, B32
     977 -> 915 ms (per-round 1.07, 1.06; inductor+freezing 223 and 963 in the same runs);
