@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.apu.rules import conv_pool
 from aspen_torch.memory_plan import plan_memory
 
 
@@ -164,24 +165,43 @@ class ResidualPointwiseConv(nn.Module):
 @pytest.mark.parametrize("batch,tiles_per_dse", [(1, 1), (1, 3), (2, 2)])
 def test_pointwise_conv_is_cut_into_pixel_ranges(batch, tiles_per_dse):
     """A 1x1 stride-1 conv cut within images takes ranges of pixels (a GEMM over channels-last
-    pixels): balanced to a pixel over 7x7 = 49 pixels, dense, and written over its dying
-    shortcut in place, with BN, the add and ReLU fused."""
+    pixels): of one width over 8x8 = 64 pixels, dense, and written over its dying shortcut in
+    place, with BN, the add and ReLU fused."""
     model = ResidualPointwiseConv(64).eval()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
         model.bn.running_var.uniform_(0.5, 2)
-    x = torch.randn(batch, 64, 7, 7)
+    x = torch.randn(batch, 64, 8, 8)
     options = {"num_dses": 2, "tiles_per_dse": tiles_per_dse, "min_tile_flops": 1e4}
     assert_matches_eager(model, x, options=options)
     (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
     conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
     sizes = [t.out.box[3][1] - t.out.box[3][0] for t in conv]
     assert len(conv) > batch, "cut within images"
-    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == batch * 49
-    assert all(t.out.ref.shape == (batch, 64, 1, 49) and t.epilogue for t in conv)
+    assert len(set(sizes)) == 1 and sum(sizes) == batch * 64, "one width: one packing serves every range"
+    assert all(t.out.ref.shape == (batch, 64, 1, 64) and t.epilogue for t in conv)
     shortcut = conv[0].args[conv[0].epilogue[0].operand].ref.buffer
     memory = plan_memory(graph)
     assert memory.slot_of[conv[0].out.ref.buffer] == memory.slot_of[shortcut], "written in place"
+
+
+def test_pointwise_conv_over_pixels_with_no_even_cut_takes_channel_blocks():
+    """7x7 = 49 pixels for two tiles would be ranges of 25 and 24, which oneDNN's AVX2 kernel
+    packs in different layouts (one reorder of the weights per call): whole images cut into
+    output-channel blocks instead."""
+    model = ResidualPointwiseConv(64).eval()
+    x = torch.randn(1, 64, 7, 7)
+    options = {"num_dses": 2, "min_tile_flops": 1e4}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
+    assert len(conv) == 2 and all(t.out.box[2:] == ((0, 7), (0, 7)) for t in conv), "whole images"
+
+
+@pytest.mark.parametrize("pixels,wanted,count", [(64, 2, 2), (64, 6, 8), (3136, 3, 4), (49, 2, None), (49, 5, 7),
+                                                 (13, 4, None)])
+def test_equal_pixel_range_count_is_the_divisor_nearest_the_wanted_count(pixels, wanted, count):
+    assert conv_pool._equal_range_count(pixels, wanted) == count
 
 
 def test_pointwise_conv_with_weights_outweighing_the_image_is_cut_into_channel_blocks():

@@ -123,8 +123,8 @@ def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, pa
                   pixels: int, elements: tuple[int, int, int]) -> Optional[list[tuple[int, int]]]:
     """Pixel ranges of each image for a 1x1, stride-1 convolution cut within images: on
     channels-last activations it is a GEMM over pixels, so a range of pixels is a dense
-    block of input and output rows with no halo, balanced to a pixel (row bands of 7 rows are
-    4 + 3), and the output is written in place. Measured on one thread, two tiles with the shortcut add
+    block of input and output rows with no halo, all of one width (_equal_range_count), and
+    the output is written in place. Measured on one thread, two tiles with the shortcut add
     against the whole conv (ResNet-50 B1 shapes): layer-3 256->1024 row halves 0.98x, channel
     blocks 1.24x (their dense scratch and its copy); layer-4 512->2048 (4 + 3 rows) 1.11x vs
     1.29x; 1024->256 1.09x vs 1.15x. Stride-2 1x1 convs read strided pixels: not here.
@@ -132,7 +132,8 @@ def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, pa
     the image written (a block's scratch and its copy), output-channel blocks, which read
     their share of the weights, move fewer bytes (ResNet-50 B1's layer 4, 4 MB of weights
     for a 7x7 image; on 2 DSEs the whole call 0.4-0.9% faster, paired).
-    None for other convolutions, or when the batch alone gives the tiles."""
+    None for other convolutions, when the batch alone gives the tiles, or when no cut into
+    ranges of one width comes near the tiles wanted."""
     if (kernel, tuple(stride), tuple(padding), groups) != ((1, 1), (1, 1), (0, 0), 1):
         return None
     weight_elements, in_elements, out_elements = elements  # of the weights, an input and an output image
@@ -141,7 +142,17 @@ def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, pa
     tiles = ctx.policy.num_tiles(flops, n * pixels, batch=n)
     if tiles <= n:
         return None
-    return split_range(pixels, -(-tiles // n))
+    ranges = _equal_range_count(pixels, -(-tiles // n))
+    return split_range(pixels, ranges) if ranges is not None else None
+
+
+def _equal_range_count(pixels: int, wanted: int) -> Optional[int]:
+    """How many ranges of equal width to cut `pixels` into: the divisor nearest `wanted`,
+    within a factor of 2, or None. All ranges share one packing made for their width, and
+    oneDNN blocks a 1x1 conv's weights by the pixel count on some CPUs (AVX2: 24 pixels want
+    Acdb24a, 25 Acdb32a), so a range of another width would reorder the weights every call."""
+    counts = [d for d in range(2, min(pixels, 2 * wanted) + 1) if pixels % d == 0 and 2 * d >= wanted]
+    return min(counts, key=lambda d: max(d / wanted, wanted / d), default=None)
 
 
 def _lower_convolution_of_whole_images(node: fx.Node, ctx: LoweringContext) -> TensorRef:
@@ -225,8 +236,7 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
     if pixel_ranges is not None:
         out = ctx.new_buffer(node, out_shape)
         out_pixels, in_pixels = out.reshaped((n, oc, 1, oh * ow)), xref.reshaped((n, c, 1, h * wd))
-        # One packing for the op: ranges differ by at most a pixel, which leaves oneDNN's
-        # weight layout alone (no reorder per call), and a second copy of layer-4 weights would cost MBs.
+        # One packing for the op, made for the ranges' one width (_equal_range_count).
         weights = inputs_for(1, 1, 0, width=pixel_ranges[0][1] - pixel_ranges[0][0])
         for image in range(n):
             for p0, p1 in pixel_ranges:
