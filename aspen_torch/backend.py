@@ -36,8 +36,7 @@ def compile_captured(captured: CapturedGraph, options: AspenOptions, report: Com
     for part in partitioned.partitions:
         # AOTAutograd calls us under fake mode; folding and prepacking need real tensors.
         with unset_fake_temporarily(), torch.no_grad():
-            tile_graph = lower_partition(part.graph_module, part.inputs, policy, packs,
-                                         packs.linear_kernel(options.linear_kernel))
+            tile_graph = lower_partition(part.graph_module, part.inputs, policy, packs, options.linear_kernel)
             compiled_plan = plan(tile_graph)
         outputs = next(n for n in part.graph_module.graph.nodes if n.op == "output").args[0]
         compiled = CompiledPartition(part.name, tile_graph, compiled_plan,

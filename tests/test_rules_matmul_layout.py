@@ -124,6 +124,19 @@ def test_auto_linear_kernel_is_measured_once_and_used():
     assert _linear_tile_kinds(report) == {expected}
 
 
+def test_auto_linear_kernel_is_measured_only_by_a_graph_that_packs_a_linear(monkeypatch):
+    """Timing the two kernels costs a first compile ~0.1 s: a graph with no packed linear
+    (convolutions, a linear small enough for addmm) never pays it."""
+    measured = []
+    monkeypatch.setattr(prepack, "fastest_linear_kernel", lambda: measured.append(1) or "onednn")
+    monkeypatch.setattr(aspen_torch.backend, "SHARED_PACKS", PackedWeights())
+    assert_matches_eager(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(2, 3, 16, 16))
+    assert_matches_eager(nn.Linear(8, 4).eval(), torch.randn(2, 8))
+    assert measured == []
+    report = assert_matches_eager(nn.Linear(128, 256).eval(), torch.randn(64, 128))
+    assert measured == [1] and _linear_tile_kinds(report) == {TileKind.PACKED_LINEAR}
+
+
 def test_auto_linear_kernel_without_mkl_is_onednn(monkeypatch):
     monkeypatch.setattr(prepack, "mkl_linear_available", lambda: False)
     assert prepack.fastest_linear_kernel() == "onednn"

@@ -56,7 +56,7 @@ class LoweringContext:
         self.graph_module = graph_module
         self.policy = policy
         self.packs = packs
-        self.linear_kernel = linear_kernel
+        self._linear_kernel_option = linear_kernel
         self.tiles: list[Tile] = []
         self.values: dict[fx.Node, Value] = {}
         self._edges: set[tuple[int, int]] = set()
@@ -67,6 +67,12 @@ class LoweringContext:
         self._outputs: set[fx.Node] = set()
         # Keyed by id(); the tensor is kept in the value so the id stays unique.
         self._constant_buffers: dict[int, tuple[torch.Tensor, Buffer]] = {}
+
+    @property
+    def linear_kernel(self) -> str:
+        """The library of packed linear tiles, 'onednn' or 'mkl'. Resolved on first need, so
+        an 'auto' graph without a packed linear does not time the two (~0.1 s once a process)."""
+        return self.packs.linear_kernel(self._linear_kernel_option)
 
     # --- values -------------------------------------------------------------------------
     def value(self, arg: Any) -> Value:
@@ -319,5 +325,6 @@ def buffers_for_outputs(node: fx.Node, channels_last: Optional[bool] = None) -> 
 
 def lower_partition(graph_module: fx.GraphModule, inputs: Sequence[PartitionInput], policy: TilePolicy,
                     packs: PackedWeights, linear_kernel: str) -> TileGraph:
-    """`linear_kernel`: the library of packed linear tiles, 'onednn' or 'mkl'."""
+    """`linear_kernel`: the library of packed linear tiles, 'onednn', 'mkl' or 'auto' (the
+    faster on this CPU: PackedWeights.linear_kernel)."""
     return LoweringContext(graph_module, policy, packs, linear_kernel).run(inputs)

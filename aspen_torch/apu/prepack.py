@@ -75,12 +75,13 @@ def mkl_linear_available() -> bool:
     return torch.backends.mkl.is_available() and _C.mkl_packed_gemm_available()
 
 
-def fastest_linear_kernel(rows: int = 128, k: int = 768, n: int = 768, rounds: int = 7, calls: int = 4) -> str:
+def fastest_linear_kernel(rows: int = 128, k: int = 768, n: int = 768, rounds: int = 3, calls: int = 3) -> str:
     """'mkl' where MKL's packed GEMM beats oneDNN's packed linear by 2% on one thread, else
     'onednn': the fastest of `rounds` x `calls` interleaved calls of each, at BERT-base's
-    attention projections by default. On AMD CPUs MKL takes its AVX2 path, ~2x slower than
-    oneDNN; on the Intel host of the eighteenth session it was 5% faster with the weights
-    in cache and 10-15% with them streaming from memory."""
+    attention projections by default. Which wins depends on the host: MKL by 5-15% on the
+    Intel host of the eighteenth session and ~12% on an AMD Zen 3 (AVX2), oneDNN by ~2x on
+    an earlier AVX-512 AMD host. 3 x 3 calls take ~0.04 s and find each kernel's best within
+    1-2% of 7 x 4 (0.12 s, paid by a process's first compile that packs a linear)."""
     if not mkl_linear_available():
         return "onednn"
     x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)

@@ -41,8 +41,10 @@ def batch_norm_affine(ctx: LoweringContext, node: fx.Node) -> Optional[tuple[tor
 def absorb_batch_norm(conv: fx.Node, ctx: LoweringContext, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """Folds conv's sole consumer, if an eval batch norm with frozen statistics, into its weight and bias.
 
-    Returns (weight, bias, the batch norm node or None). Folding in float64 keeps
-    the folded conv within float32 rounding of conv followed by batch norm.
+    Returns (weight, bias, the batch norm node or None). The scale and shift are computed
+    in float64; each weight is then multiplied by its channel's scale rounded to the
+    weight's dtype, within an ulp of the float64 product (ResNet-50's 25M weights in
+    float64 took ~0.1 s of every compile, most of it faulting in the double copies).
     """
     users = list(conv.users)
     if len(users) != 1 or users[0].target is not BATCH_NORM or users[0].args[0] is not conv:
@@ -51,7 +53,7 @@ def absorb_batch_norm(conv: fx.Node, ctx: LoweringContext, weight: torch.Tensor,
     if affine is None:
         return weight, bias, None
     scale, shift = affine
-    folded_weight = (weight.double() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
+    folded_weight = weight * scale.to(weight.dtype).reshape(-1, 1, 1, 1)
     folded_bias = (shift if bias is None else bias.double() * scale + shift).to(weight.dtype)
     return folded_weight, folded_bias, users[0]
 
