@@ -17,6 +17,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from . import _C
 from .apu.registry import RULES
 from .errors import AspenError
+from .fast_paths import FAST_PATH_DECOMPOSITIONS
 from .recompile import LruPlans, RecompilePolicy
 
 
@@ -30,7 +31,8 @@ class CapturedGraph:
 
 
 def decomposition_table() -> dict:
-    """Core ATen decompositions, minus the ops aspen tiles natively."""
+    """Core ATen decompositions, minus the ops aspen tiles natively, plus PyTorch's fused
+    inference fast paths taken apart (fast_paths.py)."""
     return _decompositions_except(RULES.tiled_ops())
 
 
@@ -38,7 +40,8 @@ def decomposition_table() -> dict:
 def _decompositions_except(tiled: frozenset) -> dict:
     # Once per process (per rule set): torch's table materializes ~950 decompositions on
     # every .items(), ~0.05-0.1 s of each graph's compile.
-    return {op: fn for op, fn in core_aten_decompositions().items() if op not in tiled}
+    core = {op: fn for op, fn in core_aten_decompositions().items() if op not in tiled}
+    return {**core, **FAST_PATH_DECOMPOSITIONS}
 
 
 def parameter_or_buffer_inputs(graph_module: fx.GraphModule, example_inputs: Sequence[object]) -> list[bool]:

@@ -3,6 +3,7 @@
     python bench/bench.py            # ResNet-50 B1 and B32, BERT-base S128 B1 and B8
     python bench/bench.py --quick    # ResNet-50 B1 only, fewer runs (what the README demo prints)
     python bench/bench.py --workloads gpt2-b1,llama-b1   # decoders: GPT-2 small, LLaMA-style GQA
+    python bench/bench.py --workloads torch-encoder-b1,torch-encoder-b8   # BERT-base's encoder from torch.nn
 
 Medians (with min and max) over --runs timed calls after warmup; each round calls every
 backend in turn, so slow drifts of this shared machine hit all of them alike. Within a round a
@@ -71,6 +72,31 @@ def bert_workload(batch: int, seq: int = 128) -> Workload:
     return Workload(f"BERT-base S{seq} B{batch}", BertBase, lambda: bert_inputs(batch, seq))
 
 
+class TorchEncoder(torch.nn.Module):
+    """BERT-base's encoder built from torch.nn alone: nn.TransformerEncoder of 12 layers
+    (768 wide, 12 heads, GELU), on embeddings with a key padding mask. In eval under no_grad
+    eager runs each layer as PyTorch's fused fast path (`_transformer_encoder_layer_fwd`)."""
+
+    def __init__(self):
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.0, activation="gelu", batch_first=True)
+        # Without nested tensors: with them eager zeroes the padded positions and dynamo's trace does not.
+        self.encoder = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False).eval()
+
+    def forward(self, embeddings, padding):
+        return self.encoder(embeddings, src_key_padding_mask=padding)
+
+
+def torch_encoder_inputs(batch: int, seq: int) -> tuple:
+    padding = torch.zeros(batch, seq, dtype=torch.bool)
+    padding[batch // 2:, seq * 3 // 4:] = True  # half the batch padded, as bert_inputs
+    return torch.randn(batch, seq, 768), padding
+
+
+def torch_encoder_workload(batch: int, seq: int = 128) -> Workload:
+    return Workload(f"nn.TransformerEncoder 12x768 S{seq} B{batch}", TorchEncoder, lambda: torch_encoder_inputs(batch, seq))
+
+
 class DecoderLM(torch.nn.Module):
     """A transformers decoder (random weights) returning last_hidden_state: GPT-2 small, or
     a LLaMA-style model of BERT-base's size with grouped-query attention (4 K/V heads)."""
@@ -97,6 +123,7 @@ WORKLOADS = {
     "resnet50-b1": lambda: resnet50_workload(1), "resnet50-b32": lambda: resnet50_workload(32),
     "bert-b1": lambda: bert_workload(1), "bert-b8": lambda: bert_workload(8),
     "gpt2-b1": lambda: decoder_workload("gpt2"), "llama-b1": lambda: decoder_workload("llama"),
+    "torch-encoder-b1": lambda: torch_encoder_workload(1), "torch-encoder-b8": lambda: torch_encoder_workload(8),
 }
 ISSUE_WORKLOADS = ["resnet50-b1", "resnet50-b32", "bert-b1", "bert-b8"]  # the default run: issue 5's targets
 
@@ -222,8 +249,14 @@ def write_bar_chart(rows: list[dict], path: Path) -> bool:
 
 
 def count_flops(model, inputs) -> float:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*inputs)
+    # nn.TransformerEncoderLayer's fused fast path has no FLOP formula: count the ops it fuses.
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return float(counter.get_total_flops())
 
 
