@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_matches_eager
+from helpers import assert_matches_eager, compile_strict
 
 import aspen_torch
 from aspen_torch.apu import prepack
@@ -255,6 +255,35 @@ def test_standalone_batch_norm(shape):
 def test_flatten_of_channels_last_activation_copies():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 5 * 6, 10)).eval()
     assert_matches_eager(model, torch.randn(2, 3, 7, 8))
+
+
+@pytest.mark.parametrize("model_channels_last", [False, True])
+def test_channels_last_input_through_adaptive_pool(model_channels_last):
+    """A channels-last input (as CNN users pass it) makes the pooled [N, C, 1, 1] arrive as
+    as_strided to channels-last strides, which only restrides its unit dims: an alias here."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4)).eval()
+    if model_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    assert_matches_eager(model, torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+
+
+def test_as_strided_over_other_elements_runs_in_eager():
+    """A window view (elements read twice) is no alias: strict mode names it, and otherwise it
+    runs in eager between aspen partitions."""
+    class Windows(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x) + 1
+            windows = torch.as_strided(y.flatten(), (5, 3), (2, 1))  # overlapping
+            transposed = torch.as_strided(y, (3, 4), (1, 3))  # its sizes and offset, other strides
+            return windows * 2, transposed * 2
+
+    x = torch.randn(3, 4)
+    with pytest.raises(Exception, match="as_strided other than restriding dims of size 1"), torch.no_grad():
+        compile_strict(Windows().eval())(x)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(Windows().eval(), backend="aspen")(x), Windows()(x))
 
 
 def test_views_permute_slice():

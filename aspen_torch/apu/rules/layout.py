@@ -11,7 +11,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
-from .generic import aten_tiles, named_schema_args, row_blocks
+from .generic import aten_tiles, named_schema_args, row_blocks, schema_args
 
 aten = torch.ops.aten
 
@@ -80,6 +80,24 @@ def lower_same_value(node, ctx):
     # so a copy can share the source.
     ctx.keep_fusible_through_view(node.args[0], node)
     return ctx.ref(node.args[0])
+
+
+def _check_as_strided(node: fx.Node, is_frozen):
+    """as_strided reaches aspen from decompositions that give a result eager's strides
+    (a channels-last pooled [N, C, 1, 1], whose unit dims take any stride). Where sizes,
+    offset and the strides of every dim longer than 1 are the input's own, each element is
+    the input's element at the same index, whatever layout aspen gives the buffer."""
+    source = node_meta(node.args[0])
+    _, size, stride, offset = schema_args(node)
+    if tuple(size) != tuple(source.shape) or (offset is not None and offset != source.storage_offset()) \
+            or any(n != 1 and a != b for n, a, b in zip(size, stride, source.stride())):
+        return "as_strided other than restriding dims of size 1 (a view of its storage aspen does not express)"
+    return None
+
+
+@RULES.register(aten.as_strided.default, check=_check_as_strided)
+def lower_as_strided(node, ctx):
+    return lower_same_value(node, ctx)
 
 
 @RULES.register(aten.select.int)
