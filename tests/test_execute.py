@@ -471,6 +471,21 @@ def test_outputs_viewing_one_intermediate_share_its_storage():
     assert outputs[3][1, 0] == -1.0 and outputs[5][0] == -1.0
 
 
+def test_outputs_in_a_dict_beside_none_and_numbers():
+    """Model outputs are any pytree (transformers return dicts with None in them): its
+    tensors come from the plan, the rest passes through as eager gives it."""
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(5, 6)
+
+        def forward(self, x):
+            y = self.linear(x)
+            return {"hidden": y, "pooled": (y.sum(-1), None), "width": y.shape[-1], "scale": 0.5}
+
+    assert_matches_eager(Heads().eval(), torch.randn(3, 5))
+
+
 def test_output_that_is_a_view_of_a_partition_input_is_that_view():
     """An op without a rule (a dtype view) splits the graph; the second partition's output
     is a view of its input, and returns it, not a copy, so it aliases the first's output."""
