@@ -33,24 +33,27 @@ def _self_attention(x: torch.Tensor, num_heads: int, qkv_weight: torch.Tensor, q
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(batch, length, num_heads, head_dim).transpose(1, 2)
 
+    def projected(context: torch.Tensor) -> torch.Tensor:
+        return F.linear(context.transpose(1, 2).reshape(batch, length, embed), proj_weight, proj_bias)
+
     q, k, v = (heads(t) for t in F.linear(x, qkv_weight, qkv_bias).chunk(3, dim=-1))
     if mask is None:
-        context = F.scaled_dot_product_attention(q, k, v)
-    else:
-        hidden = mask if mask.dtype == torch.bool else mask != 0
-        if mask_type == _KEY_PADDING_MASK:
-            hidden = hidden.reshape(batch, 1, 1, length)
-        elif mask_type == _ATTENTION_MASK:
-            hidden = hidden.reshape(1, 1, length, length)
-        elif mask_type is None and tuple(hidden.shape) != (batch, num_heads, length, length):
-            raise RuntimeError("_transformer_encoder_layer_fwd: a mask without a mask_type must have the "
-                               f"attention scores' shape {(batch, num_heads, length, length)}, got {tuple(hidden.shape)}")
-        zero = torch.zeros((), dtype=x.dtype)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(hidden, float("-inf"), zero))
-        # SDPA gives a query whose keys are all hidden zeros; the fused op's softmax gives NaN.
-        all_hidden = hidden.to(x.dtype).amin(-1, keepdim=True) > 0
-        context = context + torch.where(all_hidden, float("nan"), zero)
-    return F.linear(context.transpose(1, 2).reshape(batch, length, embed), proj_weight, proj_bias)
+        return projected(F.scaled_dot_product_attention(q, k, v))
+    hidden = mask if mask.dtype == torch.bool else mask != 0
+    if mask_type == _KEY_PADDING_MASK:
+        hidden = hidden.reshape(batch, 1, 1, length)
+    elif mask_type == _ATTENTION_MASK:
+        hidden = hidden.reshape(1, 1, length, length)
+    elif mask_type is None and tuple(hidden.shape) != (batch, num_heads, length, length):
+        raise RuntimeError("_transformer_encoder_layer_fwd: a mask without a mask_type must have the "
+                           f"attention scores' shape {(batch, num_heads, length, length)}, got {tuple(hidden.shape)}")
+    zero = torch.zeros((), dtype=x.dtype)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(hidden, float("-inf"), zero))
+    # SDPA gives a query whose keys are all hidden zeros, where the fused op's softmax gives
+    # NaN in that head's context, which the projection spreads over the query's whole row:
+    # added there, [B, L, 1], it can join the residual add in the projection's tiles.
+    all_hidden = hidden.to(x.dtype).amin(-1).amax(1, keepdim=True).transpose(1, 2) > 0
+    return projected(context) + torch.where(all_hidden, float("nan"), zero)
 
 
 def _transformer_encoder_layer(src: torch.Tensor, embed_dim: int, num_heads: int, qkv_weight: torch.Tensor,

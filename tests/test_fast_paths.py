@@ -33,7 +33,7 @@ def fused_args(layer: nn.TransformerEncoderLayer, use_gelu: bool) -> list:
 
 
 def masks() -> dict[str, tuple]:
-    """(mask, mask_type) as ATen's masked softmax takes them; batch 1 hides every key."""
+    """(mask, mask_type) as ATen's masked softmax takes them; batch 1 of the padding hides every key."""
     padding = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
     padding[0, 5:] = True
     padding[1] = True
@@ -41,6 +41,7 @@ def masks() -> dict[str, tuple]:
     scores = torch.zeros(BATCH, HEADS, LENGTH, LENGTH)
     scores[..., 2] = float("-inf")
     scores[0, 0, 0, 1] = 0.5  # any nonzero entry hides its key, not only -inf
+    scores[2, 1, 3] = float("-inf")  # one head of one query hides every key: the query's row is NaN
     return {"none": (None, None), "padding": (padding, 1), "padding as -1e9": (padding.float() * -1e9, 1),
             "causal": (causal, 0), "per head": (scores, 2), "per head, no type": (scores, None)}
 
