@@ -7,6 +7,7 @@ edges are the only ones needed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from typing import Any, Optional, Sequence, Union
@@ -68,7 +69,7 @@ class LoweringContext:
         # Keyed by id(); the tensor is kept in the value so the id stays unique.
         self._constant_buffers: dict[int, tuple[torch.Tensor, Buffer]] = {}
 
-    @property
+    @functools.cached_property
     def linear_kernel(self) -> str:
         """The library of packed linear tiles, 'onednn' or 'mkl'. Resolved on first need, so
         an 'auto' graph without a packed linear does not time the two (~0.1 s once a process)."""

@@ -74,14 +74,6 @@ def lower_expand(node, ctx):
     return ctx.expand_to(ctx.ref(node.args[0]), node_meta(node).shape)
 
 
-@RULES.register(aten.clone.default, aten.alias.default, aten.detach.default)
-def lower_same_value(node, ctx):
-    # Buffers are written once (epilogues mutate only values with a single reader),
-    # so a copy can share the source.
-    ctx.keep_fusible_through_view(node.args[0], node)
-    return ctx.ref(node.args[0])
-
-
 def _check_as_strided(node: fx.Node, is_frozen):
     """as_strided reaches aspen from decompositions that give a result eager's strides
     (a channels-last pooled [N, C, 1, 1], whose unit dims take any stride). Where sizes,
@@ -96,8 +88,12 @@ def _check_as_strided(node: fx.Node, is_frozen):
 
 
 @RULES.register(aten.as_strided.default, check=_check_as_strided)
-def lower_as_strided(node, ctx):
-    return lower_same_value(node, ctx)
+@RULES.register(aten.clone.default, aten.alias.default, aten.detach.default)
+def lower_same_value(node, ctx):
+    # Buffers are written once (epilogues mutate only values with a single reader), so a
+    # copy, or an as_strided that keeps every element at its index, can share the source.
+    ctx.keep_fusible_through_view(node.args[0], node)
+    return ctx.ref(node.args[0])
 
 
 @RULES.register(aten.select.int)
