@@ -374,3 +374,16 @@ def test_flip_roll_repeat_index_select():
                                   options={"min_tile_flops": 1})
     for op in ("aten.flip.default", "aten.repeat.default", "aten.index_select.default"):
         assert report.tiles_per_op[op] > 2, op
+
+
+@pytest.mark.parametrize("x1_shape,x2_shape", [((2, 7, 3), (2, 5, 3)), ((60, 4), (20, 4)), ((3, 1, 9, 4), (2, 30, 4))])
+def test_cdist(x1_shape, x2_shape):
+    """p = 1, 2 and inf distances, batched and broadcast over batches: tiles cut the batch and
+    x1's rows. (Past 25 rows, p = 2 reaches aspen as matmuls.)"""
+    class Model(nn.Module):
+        def forward(self, x1, x2):
+            return torch.cdist(x1 * 1, x2), torch.cdist(x1, x2, p=1), torch.cdist(x1, x2, p=float("inf"))
+
+    report = assert_matches_eager(Model(), torch.randn(x1_shape), torch.randn(x2_shape),
+                                  options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["aten._cdist_forward.default"] > 4

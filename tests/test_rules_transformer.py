@@ -93,12 +93,13 @@ def test_masks_of_other_dtypes():
     lambda x: torch.linalg.vector_norm(x, 1, (0, 2)), lambda x: x.var(-1), lambda x: x.std(1, keepdim=True),
     lambda x: x.var(), lambda x: torch.logsumexp(x, -1), lambda x: x.prod(1), lambda x: x.median(-1),
     lambda x: x.median(), lambda x: x.nanmedian(1, keepdim=True), lambda x: x.nanmedian(),
-    lambda x: x.kthvalue(3, 1), lambda x: x.round().mode(-1), lambda x: x.round().mode(0)])
+    lambda x: x.kthvalue(3, 1), lambda x: x.round().mode(-1), lambda x: x.round().mode(0),
+    lambda x: torch.var_mean(x, -1), lambda x: torch.std_mean(x, (0, 2), correction=0, keepdim=True)])
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_reductions(reduce, with_nan):
     """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),
-    max / min / median / kthvalue / mode with their indices (mode with ties), norms and
-    variances; NaN propagates (or, for nanmedian, is skipped) as in eager."""
+    max / min / median / kthvalue / mode with their indices (mode with ties), norms,
+    variances and var_mean / std_mean's two statistics; NaN propagates (or, for nanmedian, is skipped) as in eager."""
     class Model(nn.Module):
         def forward(self, x):
             return reduce(x * 2)

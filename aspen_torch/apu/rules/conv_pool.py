@@ -274,14 +274,21 @@ def _pool_flops(out_shape, kernel) -> float:
     return float(out_shape.numel()) * max(kernel[0] * kernel[1], MEMORY_BOUND_FLOPS_PER_ELEMENT)
 
 
+def _uses_pooling_indices(node: fx.Node) -> bool:
+    return any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users)
+
+
 def _check_max_pool(node: fx.Node, is_frozen):
-    if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
-        return "uses the pooling indices"
-    return float32_only(node)
+    # With the indices, ATen's own kernel runs (any dtype it takes); the window tiles are float32.
+    return None if _uses_pooling_indices(node) else float32_only(node)
 
 
 @RULES.register(aten.max_pool2d_with_indices.default, check=_check_max_pool)
 def lower_max_pool2d(node: fx.Node, ctx: LoweringContext):
+    """Window tiles of the values; pooling whose indices are used (for max_unpool2d) runs
+    ATen's kernel over whole planes, as an index counts from the start of its plane."""
+    if _uses_pooling_indices(node):
+        return lower_spatial_whole(node, ctx)
     args = list(node.args) + [None] * (6 - len(node.args))
     x, kernel, stride, padding, dilation, ceil_mode = args
     kernel = pair(kernel)
@@ -361,8 +368,8 @@ def lower_adaptive_avg_pool2d(node: fx.Node, ctx: LoweringContext):
                 aten.reflection_pad3d.default, aten.replication_pad1d.default, aten.replication_pad2d.default,
                 aten.replication_pad3d.default)
 def lower_spatial_whole(node: fx.Node, ctx: LoweringContext):
-    """Reflection / replication padding and adaptive max pooling: ATen's kernel over
-    (image, channel) blocks, each reading its planes whole."""
+    """Reflection / replication padding, adaptive max pooling and max pooling with indices:
+    ATen's kernel over (image, channel) blocks, each reading its planes whole."""
     return lower_whole_along(node, ctx, _spatial_dims(node))
 
 

@@ -1,10 +1,11 @@
 """Ops tiled by index math but computed by their own ATen kernel (an aten-op tile).
 
 Elementwise ops of any dtype are cut into boxes of the output, each reading the
-broadcast-matching boxes of its inputs; row-wise ops (layer norm, softmax,
-embedding) into row blocks that span the reduced dimension; bmm into
-(batch, row block) tiles reading their batch's whole right-hand side; the few
-tiny mask ops without a useful cut run as one tile.
+broadcast-matching boxes of its inputs; row-wise ops (layer norm, softmax) into
+row blocks that span the reduced dimension; bmm into (batch, row block) tiles
+reading their batch's whole right-hand side; the few tiny mask ops without a
+useful cut run as one tile. Ops that read or write at run-time indices are in
+indexing.py.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch.fx as fx
 from ..lower import LoweringContext, Value, buffers_for_outputs, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
 
 aten = torch.ops.aten
 
@@ -50,9 +51,10 @@ def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Seque
                operands: Optional[dict[int, TensorRef]] = None,
                sizes_of: Optional[Callable[[Box], dict[int, Any]]] = None) -> TensorRef:
     """One aten-op tile per output box; arg_region(i, ref, box) gives the box of tensor
-    argument i (schema position) that the tile reads. `operands` replaces the refs of
-    some arguments (e.g. by a copy in a layout the kernel can read); `sizes_of(box)` the
-    non-tensor arguments that describe the tile's own size (group norm's batch count)."""
+    argument i (schema position) that the tile reads, also of each tensor in a list
+    argument (index_put's indices). `operands` replaces the refs of some arguments (e.g.
+    by a copy in a layout the kernel can read); `sizes_of(box)` the non-tensor arguments
+    that describe the tile's own size (group norm's batch count)."""
     args = schema_args(node)
     refs = {i: ctx.ref(a) for i, a in enumerate(args) if isinstance(a, fx.Node)}
     refs.update(operands or {})
@@ -67,7 +69,7 @@ def aten_tiles(node: fx.Node, ctx: LoweringContext, out: TensorRef, boxes: Seque
             inputs.append(region)
         for i, a in enumerate(args):  # lists of tensors (index.Tensor's indices)
             if isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a):
-                call_args[i] = [Region(ctx.ref(x), full_box(ctx.ref(x).shape)) if isinstance(x, fx.Node) else x
+                call_args[i] = [Region(ctx.ref(x), arg_region(i, ctx.ref(x), box)) if isinstance(x, fx.Node) else x
                                 for x in a]
                 inputs += [r for r in call_args[i] if isinstance(r, Region)]
         tile = Tile(TileKind.ATEN_OP, Region(out, box), inputs, (), [], str(node.target), node.name,
@@ -89,12 +91,16 @@ def _parts(ctx: LoweringContext, node: fx.Node, cost: float, max_parts: int) -> 
     return ctx.policy.num_tiles(cost, max(1, max_parts))
 
 
+def elementwise_boxes(node: fx.Node, ctx: LoweringContext) -> list[Box]:
+    """Boxes of the node's output cut along any dims, as many as its memory traffic is worth."""
+    shape = tuple(node_meta(node).shape)
+    numel = max(1, node_meta(node).numel())
+    return split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
+
+
 def lower_elementwise(node: fx.Node, ctx: LoweringContext) -> TensorRef:
     out = ctx.new_buffer(node, channels_last=False)
-    shape = out.shape
-    numel = max(1, node_meta(node).numel())
-    boxes = split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
-    return aten_tiles(node, ctx, out, boxes, lambda i, ref, box: broadcast_box(box, ref.shape))
+    return aten_tiles(node, ctx, out, elementwise_boxes(node, ctx), lambda i, ref, box: broadcast_box(box, ref.shape))
 
 
 @RULES.register_tag(torch.Tag.pointwise)
@@ -170,16 +176,6 @@ def lower_safe_softmax(node, ctx):
     return out
 
 
-def _check_embedding(node, is_frozen):
-    return "sparse embedding" if len(node.args) > 4 and node.args[4] else None
-
-
-@RULES.register(aten.embedding.default, check=_check_embedding)
-def lower_embedding(node, ctx):
-    # out[..., :] = weight[indices[...]]: rows of the output follow rows of the indices.
-    return lower_rowwise(node, ctx, (node_meta(node).dim() - 1,), {0: "all", 1: "rows"})
-
-
 def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int]) -> Value:
     """Tiles over every output dim but `whole`. The first argument (whose dims are the
     output's last ones) is read at the tile's box, in full along `whole`; any other tensor
@@ -194,11 +190,6 @@ def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int])
         return tuple((0, size) if d + offset in whole else box[d + offset] for d, size in enumerate(ref.shape))
 
     return aten_tiles_for_outputs(node, ctx, lambda out: row_blocks(node, ctx, out.shape, tuple(whole)), region)
-
-
-@RULES.register(aten.index_select.default)
-def lower_index_select(node, ctx):
-    return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node).dim()),))
 
 
 @RULES.register(aten.flip.default)
@@ -219,20 +210,6 @@ def lower_repeat(node, ctx):
 def lower_scan(node, ctx):
     dim = node.args[1] % max(1, node_meta(node).dim())
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
-
-
-@RULES.register(aten.gather.default, check=lambda node, is_frozen: "sparse_grad" if schema_args(node)[3] else None)
-def lower_gather(node, ctx):
-    """out[..., i, ...] = self[..., index[..., i, ...], ...] along dim: a tile reads its
-    rows of the index and its rows of self whole along dim (self may be larger there)."""
-    dim = node.args[1] % max(1, node_meta(node).dim())
-    out = ctx.new_buffer(node, channels_last=False)
-    boxes = row_blocks(node, ctx, out.shape, (dim,))
-
-    def region(i: int, ref: TensorRef, box: Box) -> Box:
-        return tuple((0, ref.shape[d]) if i == 0 and d == dim else box[d] for d in range(len(ref.shape)))
-
-    return aten_tiles(node, ctx, out, boxes, region)
 
 
 @RULES.register(aten.bmm.default, check=lambda node, is_frozen: float32_only(node))
@@ -258,11 +235,13 @@ def _check_reduction(node, is_frozen):
                 aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
                 aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default,
                 aten.max.dim, aten.min.dim, aten.median.default, aten.median.dim, aten.nanmedian.default,
-                aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, check=_check_reduction)
+                aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, aten.var_mean.correction,
+                aten.std_mean.correction, check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
     reduced dims (the schema's `dim`; none or an empty list is every dim). Ops returning
-    values and indices (max/min/median/kthvalue/mode along a dim) compute each by a set of tiles."""
+    values and indices (max/min/median/kthvalue/mode along a dim), or two statistics
+    (var_mean), compute each by a set of tiles."""
     x = ctx.ref(node.args[0])
     rank = len(x.shape)
     args = named_schema_args(node)
@@ -289,8 +268,22 @@ def lower_sorting(node, ctx):
     return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
 
 
-@RULES.register(aten.index.Tensor, aten.full_like.default)
+@RULES.register(aten.full_like.default)
 def lower_whole(node, ctx):
     """Mask plumbing: tiny, run as one tile reading its inputs whole."""
     out = ctx.new_buffer(node, channels_last=False)
     return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
+
+
+@RULES.register(aten._assert_async.msg)
+def lower_runtime_check(node, ctx):
+    """A check of values (F.one_hot's range of class ids): one tile that raises the op's
+    message if the condition is zero, failing the request as eager fails the call. The
+    tile runs ATen's functional form, whose result (a copy of the condition) nobody reads."""
+    cond = ctx.ref(node.args[0])
+    region = Region(cond, full_box(cond.shape))
+    checked = TensorRef.of(Buffer(node.name, cond.shape, cond.buffer.dtype))
+    call = AtenCall(aten._functional_assert_async.msg, (region, node.args[1], region))
+    ctx.add_tile(Tile(TileKind.ATEN_OP, Region(checked, full_box(cond.shape)), [region], (), [], str(node.target),
+                      node.name, call))
+    return None

@@ -5,9 +5,10 @@ import torch
 import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
-from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_range
+from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
-from ..tile_graph import Region, TensorRef, Tile, TileKind
+from ..tile_graph import Box, Region, TensorRef, Tile, TileKind
+from .generic import aten_tiles, broadcast_box
 
 aten = torch.ops.aten
 
@@ -120,3 +121,20 @@ def lower_addmm(node: fx.Node, ctx: LoweringContext):
 @RULES.register(aten.mm.default, check=lambda node, is_frozen: float32_only(node))
 def lower_mm(node: fx.Node, ctx: LoweringContext):
     return _lower_matmul(node, ctx, node.args[0], node.args[1])
+
+
+@RULES.register(aten._cdist_forward.default, check=lambda node, is_frozen: float32_only(node))
+def lower_cdist(node: fx.Node, ctx: LoweringContext):
+    """Distances [..., P, R] between rows of x1 [..., P, M] and x2 [..., R, M]: tiles cut the
+    batch dims and P, each reading its rows of x1 and its batches of x2 whole. (ATen sends
+    p = 2 distances with more than 25 rows on either side to matmuls, which other rules tile,
+    so a tile with fewer rows computes them as the whole op would.)"""
+    shape = tuple(node_meta(node).shape)
+    m = node_meta(node.args[0]).shape[-1]
+    rows = max(1, node_meta(node).numel() // max(1, shape[-1]))
+    boxes = split_dims(shape, tuple(range(len(shape) - 1)), ctx.policy.num_tiles(3.0 * node_meta(node).numel() * m, rows))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return broadcast_box(box[:-2], ref.shape[:-2]) + (box[-2] if i == 0 else (0, ref.shape[-2]), (0, m))
+
+    return aten_tiles(node, ctx, ctx.new_buffer(node, channels_last=False), boxes, region)
