@@ -54,6 +54,24 @@ def test_linear_over_3d_input():
     assert_matches_eager(model, torch.randn(3, 11, 24))
 
 
+def test_linear_plus_a_parameter_broadcast_over_the_batch():
+    """A [1, seq, hidden] parameter added after a linear over [batch x seq] rows (learned
+    position embeddings; YOLOS) runs as the linear's epilogue in the [batch, seq, hidden]
+    shape, which has no dim of the tile's rows: those tiles run without row parts (making
+    the program had failed on them)."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 64)
+            self.pos = nn.Parameter(torch.randn(1, 21, 64))
+
+        def forward(self, x):
+            return self.fc(x) + self.pos
+
+    report = assert_matches_eager(Model().eval(), torch.randn(4, 21, 128), options={"min_tile_flops": 1e4})
+    assert report.tiles_per_op["aten.addmm.default"] > 1 and "aten.add.Tensor" not in report.tiles_per_op
+
+
 def _linear_tile_kinds(report: aspen_torch.CompileReport) -> set[TileKind]:
     return {t.kind for g in report.tile_graphs for t in g.tiles if t.op_label == "aten.addmm.default"}
 

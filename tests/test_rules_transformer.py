@@ -94,7 +94,10 @@ def test_masks_of_other_dtypes():
     lambda x: x.var(), lambda x: torch.logsumexp(x, -1), lambda x: x.prod(1), lambda x: x.median(-1),
     lambda x: x.median(), lambda x: x.nanmedian(1, keepdim=True), lambda x: x.nanmedian(),
     lambda x: x.kthvalue(3, 1), lambda x: x.round().mode(-1), lambda x: x.round().mode(0),
-    lambda x: torch.var_mean(x, -1), lambda x: torch.std_mean(x, (0, 2), correction=0, keepdim=True)])
+    lambda x: torch.var_mean(x, -1), lambda x: torch.std_mean(x, (0, 2), correction=0, keepdim=True),
+    lambda x: (x > 0).any(), lambda x: (x > -3).all(), lambda x: (x > -1).all((0, 2)), lambda x: x.sum(),
+    lambda x: x.prod(), lambda x: x.nansum(-1), lambda x: torch.count_nonzero(x > 0),
+    lambda x: torch.count_nonzero(x > 0, (0, 2))])
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_reductions(reduce, with_nan):
     """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),

@@ -204,6 +204,11 @@ class LoweringContext:
                 tile.inputs.append(region)
                 operand_index = len(tile.inputs)
                 self._depend(index, region)
+                if region.ref.shape != tile.out.ref.shape:
+                    # An operand seen in the value's shape (a [1, seq, hidden] parameter expanded
+                    # over the batch, after a linear over [batch x seq] rows) has no dim of the
+                    # tile's rows for row parts to cut: the tile runs whole.
+                    tile.row_parts = 1
             tile.epilogue.append(EpilogueStep(op, operand_index, a, b))
 
     @staticmethod

@@ -236,7 +236,9 @@ def _check_reduction(node, is_frozen):
                 aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default,
                 aten.max.dim, aten.min.dim, aten.median.default, aten.median.dim, aten.nanmedian.default,
                 aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, aten.var_mean.correction,
-                aten.std_mean.correction, check=_check_reduction)
+                aten.std_mean.correction, aten.any.default, aten.all.default, aten.all.dims, aten.sum.default,
+                aten.prod.default, aten.nansum.default, aten.count_nonzero.default, aten.count_nonzero.dim_IntList,
+                check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
     reduced dims (the schema's `dim`; none or an empty list is every dim). Ops returning
