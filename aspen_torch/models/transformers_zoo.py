@@ -28,6 +28,17 @@ class FirstOutput(nn.Module):
         return self.model(*inputs)[0]
 
 
+class EncoderDecoder(nn.Module):
+    """An encoder-decoder's last decoder hidden state, the decoder fed the first tokens."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, ids):
+        return self.model(input_ids=ids, decoder_input_ids=ids[:, :7])[0]
+
+
 def _unit_scale(model: nn.Module) -> nn.Module:
     # transformers' CNN inits (std 0.02 weights, also on batch-norm scales, no fan-in
     # scaling) shrink activations to ~1e-40 after a few layers, where any tolerance passes.
@@ -99,6 +110,13 @@ def families() -> dict[str, Family]:
         "dinov2": Family(lambda: (FirstOutput(T.Dinov2Model(T.Dinov2Config(**_VIT))), _images(32)), True),
         "beit": Family(lambda: (FirstOutput(T.BeitModel(T.BeitConfig(**_VIT, use_relative_position_bias=True))),
                                 _images(32)), True, "relative position bias"),
+        "yolos": Family(lambda: (FirstOutput(T.YolosModel(T.YolosConfig(**{**_VIT, "image_size": [32, 32]},
+                                                                       num_detection_tokens=4))), _images(32)),
+                        True, "position embeddings added after a linear, expanded over the batch"),
+        "bart": Family(lambda: (EncoderDecoder(T.BartModel(T.BartConfig(
+            d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=500))), _tokens()), True,
+            "encoder-decoder, cross-attention"),
         "clip-vision": Family(lambda: (FirstOutput(T.CLIPVisionModel(T.CLIPVisionConfig(**_VIT))), _images(32)),
                               True),
         "resnet": Family(cnn(T.ResNetModel, T.ResNetConfig, embedding_size=16, hidden_sizes=[16, 32, 64, 128],
