@@ -177,6 +177,21 @@ def test_bucketize(right):
     assert report.tiles_per_op["aten.bucketize.Tensor"] > 2
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_searchsorted_of_one_and_of_many_sequences(side):
+    """A 1-d sorted sequence serves every value; a [4, 6] one holds a sequence per row of the
+    [4, 9] values (tiles read their rows of it); an unsorted sequence with its sorter."""
+    def model(seq, rows, unsorted, x):
+        return (torch.searchsorted(seq, x * 1, side=side), torch.searchsorted(rows, x, side=side),
+                torch.searchsorted(unsorted, x, side=side, sorter=torch.argsort(unsorted)))
+
+    seq = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    rows = torch.randn(4, 6).sort(-1).values
+    x = torch.cat([torch.randn(4, 7), rows[:, :2]], 1)  # some values equal to entries
+    report = assert_matches_eager(Fn(model), seq, rows, torch.randn(5), x, options=MANY_TILES)
+    assert report.tiles_per_op["aten.searchsorted.Tensor"] > 6
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align_corners", [False, True])

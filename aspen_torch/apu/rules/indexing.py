@@ -1,5 +1,5 @@
 """Ops that read or write at indices known only at run time: embedding (bags), gather and
-scatter along a dim, index_select, index / index_put, bucketize, grid sampling.
+scatter along a dim, index_select, index / index_put, bucketize / searchsorted, grid sampling.
 
 Where an output element's coordinates off the indexed dim are those of the index
 elements it reads (gather, scatter, embedding rows), tiles cut those dims and read the
@@ -169,6 +169,20 @@ def lower_bucketize(node, ctx):
     out = ctx.new_buffer(node, channels_last=False)
     return aten_tiles(node, ctx, out, elementwise_boxes(node, ctx),
                       lambda i, ref, box: box if i == 0 else full_box(ref.shape))
+
+
+@RULES.register(aten.searchsorted.Tensor)
+def lower_searchsorted(node, ctx):
+    """Elementwise over the values (argument 1). A 1-d sorted sequence (and its sorter) is
+    read whole; an n-d one holds a sequence per leading index, read at the tile's leading box."""
+    out = ctx.new_buffer(node, channels_last=False)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        if i == 1:
+            return box
+        return full_box(ref.shape) if len(ref.shape) == 1 else box[:-1] + ((0, ref.shape[-1]),)
+
+    return aten_tiles(node, ctx, out, elementwise_boxes(node, ctx), region)
 
 
 @RULES.register(aten.grid_sampler_2d.default, check=lambda node, is_frozen: float32_only(node))
