@@ -405,3 +405,19 @@ def test_cdist(x1_shape, x2_shape):
     report = assert_matches_eager(Model(), torch.randn(x1_shape), torch.randn(x2_shape),
                                   options={"min_tile_flops": 1, "tiles_per_dse": 3})
     assert report.tiles_per_op["aten._cdist_forward.default"] > 4
+
+
+def test_unfold_windows_and_patches():
+    """Sliding windows with overlap (step < size), gaps (step > size) and a dropped tail, and
+    ViT-style patch extraction (unfold twice, then permute and reshape): copies of eager's
+    overlapping views, each tile reading the input span of its windows. Returned as they are,
+    windows alias their source as eager's views do (of the input, of another output)."""
+    class Model(nn.Module):
+        def forward(self, x, img):
+            patches = img.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(2, -1, 48)
+            y = x * 2
+            return x.unfold(1, 3, 2), y, y.unfold(-1, 2, 3), x.unfold(1, 4, 3) + 1, patches * 1
+
+    report = assert_matches_eager(Model(), torch.randn(3, 11, 8), torch.randn(2, 3, 8, 12),
+                                  options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["aten.unfold.default"] > 6

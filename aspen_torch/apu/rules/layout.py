@@ -197,3 +197,20 @@ def lower_constant_pad(node, ctx):
         return tuple((0, ref.shape[d]) if d in padded else box[d] for d in range(rank))
 
     return aten_tiles(node, ctx, out, boxes, region)
+
+
+@RULES.register(aten.unfold.default, check=lambda node, is_frozen: None if node_meta(node.args[0]).dim() else "unfold of a 0-d tensor")
+def lower_unfold(node, ctx):
+    """Sliding windows (`x.unfold(dim, size, step)`, patch extraction): eager's overlapping
+    view becomes a copy. Tiles cut every output dim but the window's own last one; along
+    `dim`, windows w0..w1 read input [w0 * step, (w1 - 1) * step + size)."""
+    args = named_schema_args(node)
+    dim, size, step = args["dimension"] % node_meta(node.args[0]).dim(), args["size"], args["step"]
+    out = ctx.new_buffer(node, channels_last=False)
+    boxes = row_blocks(node, ctx, out.shape, (len(out.shape) - 1,))
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        (first, stop) = box[dim]
+        return tuple((first * step, (stop - 1) * step + size) if d == dim else box[d] for d in range(len(ref.shape)))
+
+    return aten_tiles(node, ctx, out, boxes, region)
