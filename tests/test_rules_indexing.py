@@ -168,6 +168,16 @@ def test_embedding_bag_of_a_2d_input_and_of_run_time_offsets():
     assert report.tiles_per_op["aten._embedding_bag.default"] == 1
 
 
+def test_embedding_bag_offsets_that_aten_would_reject_are_named_at_compile_time():
+    """ATen checks offsets only on its multithreaded path; a tile runs on one thread and would
+    return zeros for decreasing offsets, so constant offsets are checked when compiling."""
+    bag = BagWithOffsets("mean", False).eval()
+    bag.offsets = torch.tensor([0, 3, 1])
+    with pytest.raises(Exception, match=r"EmbeddingBag offsets must .* never decrease .*got \[0, 3, 1\]"), \
+            torch.no_grad():
+        compile_strict(bag)(torch.randint(0, 30, (6,)))
+
+
 @pytest.mark.parametrize("right", [False, True])
 def test_bucketize(right):
     boundaries = torch.tensor([-1.0, 0.0, 0.5, 2.0])

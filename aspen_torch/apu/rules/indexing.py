@@ -9,8 +9,6 @@ offsets) runs as one tile.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.fx as fx
 
@@ -52,13 +50,14 @@ def _check_embedding_bag(node, is_frozen):
     return "sparse embedding" if named_schema_args(node)["sparse"] else None
 
 
-def _bag_bounds(offsets: torch.Tensor, num_indices: int, include_last_offset: bool) -> Optional[list[int]]:
-    """Where each bag's indices start, then where the last one ends; None for offsets ATen
-    would reject (not starting at 0, decreasing, past the end), which one tile then reports."""
-    bounds = offsets.tolist() + ([] if include_last_offset else [num_indices])
-    if offsets.dim() != 1 or not bounds or bounds[0] != 0 or bounds[-1] > num_indices \
-            or any(a > b for a, b in zip(bounds, bounds[1:])):
-        return None
+def _bag_bounds(offsets: torch.Tensor, num_indices: int, include_last_offset: bool) -> list[int]:
+    """Where each bag's indices start, then where the last one ends. ATen checks offsets
+    only on its multithreaded path, and a tile runs on one thread: bad ones would give
+    silent zeros, so they are refused here."""
+    bounds = offsets.tolist() + ([] if include_last_offset else [num_indices]) if offsets.dim() == 1 else []
+    if not bounds or bounds[0] != 0 or bounds[-1] > num_indices or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"aspen: EmbeddingBag offsets must be 1-d, start at 0, never decrease and stay within the "
+                         f"{num_indices} indices; got {offsets.tolist()}")
     return bounds
 
 
@@ -70,10 +69,10 @@ def lower_embedding_bag(node, ctx):
     args = named_schema_args(node)
     out = ctx.new_buffer(node, channels_last=False)
     offsets, num_indices = ctx.constant(args["offsets"]), node_meta(args["indices"]).numel()
-    bounds = None if offsets is None else _bag_bounds(offsets, num_indices, args["include_last_offset"])
-    if bounds is None:
+    if offsets is None:
         aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
         return (out, None, None, None)
+    bounds = _bag_bounds(offsets, num_indices, args["include_last_offset"])
     parts = ctx.policy.num_tiles(num_indices * out.shape[1] * MEMORY_BOUND_FLOPS_PER_ELEMENT, out.shape[0])
     extra = int(args["include_last_offset"])  # the offsets then also hold the last bag's end
     weight = ctx.ref(args["weight"])
