@@ -270,7 +270,7 @@ def lower_sorting(node, ctx):
     return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
 
 
-@RULES.register(aten.full_like.default)
+@RULES.register(aten.index.Tensor, aten.full_like.default)
 def lower_whole(node, ctx):
     """Mask plumbing: tiny, run as one tile reading its inputs whole."""
     out = ctx.new_buffer(node, channels_last=False)

@@ -1,5 +1,6 @@
 """Ops that read or write at indices known only at run time: embedding (bags), gather and
-scatter along a dim, index_select, index / index_put, bucketize / searchsorted, grid sampling.
+scatter along a dim, index_select, index_put, bucketize / searchsorted, grid sampling.
+(index.Tensor, tiny mask plumbing here, is one tile by generic.py's lower_whole.)
 
 Where an output element's coordinates off the indexed dim are those of the index
 elements it reads (gather, scatter, embedding rows), tiles cut those dims and read the
@@ -67,23 +68,24 @@ def lower_embedding_bag(node, ctx):
     tiles cut the bags, each reading its bags' indices (and per-sample weights) with its
     own offsets counted from its first index; run-time offsets make one tile."""
     args = named_schema_args(node)
-    out = ctx.new_buffer(node, channels_last=False)
     offsets, num_indices = ctx.constant(args["offsets"]), node_meta(args["indices"]).numel()
     if offsets is None:
-        aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
-        return (out, None, None, None)
+        return (lower_whole(node, ctx), None, None, None)
     bounds = _bag_bounds(offsets, num_indices, args["include_last_offset"])
+    out = ctx.new_buffer(node, channels_last=False)
     parts = ctx.policy.num_tiles(num_indices * out.shape[1] * MEMORY_BOUND_FLOPS_PER_ELEMENT, out.shape[0])
     extra = int(args["include_last_offset"])  # the offsets then also hold the last bag's end
-    weight = ctx.ref(args["weight"])
+    weight, indices = ctx.ref(args["weight"]), ctx.ref(args["indices"])
+    sample_weights = ctx.ref(args["per_sample_weights"]) if isinstance(args["per_sample_weights"], fx.Node) else None
+    scalar_args = schema_args(node)[3:]
     for box in split_dims(out.shape, (0,), parts):
         (first, stop), _ = box
-        indices = ((bounds[first], bounds[stop]),)
+        span = ((bounds[first], bounds[stop]),)
         tile_offsets = ctx.constant_buffer(offsets[first:stop + extra] - bounds[first], f"{node.name}_offsets")
-        call_args = [Region(weight, full_box(weight.shape)), Region(ctx.ref(args["indices"]), indices),
-                     Region(TensorRef.of(tile_offsets), full_box(tile_offsets.shape))] + schema_args(node)[3:]
-        if isinstance(args["per_sample_weights"], fx.Node):
-            call_args[6] = Region(ctx.ref(args["per_sample_weights"]), indices)
+        call_args = [Region(weight, full_box(weight.shape)), Region(indices, span),
+                     Region(TensorRef.of(tile_offsets), full_box(tile_offsets.shape))] + scalar_args
+        if sample_weights is not None:
+            call_args[6] = Region(sample_weights, span)
         inputs = [a for a in call_args if isinstance(a, Region)]
         ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, box), inputs, (), [], str(node.target), node.name,
                           AtenCall(node.target, tuple(call_args))), fusible_for=node)
@@ -136,7 +138,8 @@ def lower_scatter(node, ctx):
 
 def _is_mask_with_one_value(node: fx.Node) -> bool:
     """index_put(self, [mask], value): `self[mask] = v` with a boolean mask over self's leading dims."""
-    indices, values = named_schema_args(node)["indices"], named_schema_args(node)["values"]
+    args = named_schema_args(node)
+    indices, values = args["indices"], args["values"]
     return len(indices) == 1 and isinstance(indices[0], fx.Node) and node_meta(indices[0]).dtype == torch.bool \
         and node_meta(values).numel() == 1
 
@@ -146,20 +149,15 @@ def lower_index_put(node, ctx):
     """self[indices] = values (+= with accumulate). A boolean mask with one value
     (`y[y < 0] = 0`) is elementwise: tiles cut every dim, each masking its box. Integer
     indices may send any value anywhere: one tile reading everything."""
-    out = ctx.new_buffer(node, channels_last=False)
     if not _is_mask_with_one_value(node):
-        return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
+        return lower_whole(node, ctx)
+    out = ctx.new_buffer(node, channels_last=False)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         # self (0) and the mask (1) at the box; the one value (2) whole.
         return box[:len(ref.shape)] if i in (0, 1) else full_box(ref.shape)
 
     return aten_tiles(node, ctx, out, elementwise_boxes(node, ctx), region)
-
-
-@RULES.register(aten.index.Tensor)
-def lower_index(node, ctx):
-    return lower_whole(node, ctx)
 
 
 @RULES.register(aten.bucketize.Tensor)

@@ -199,7 +199,11 @@ def lower_constant_pad(node, ctx):
     return aten_tiles(node, ctx, out, boxes, region)
 
 
-@RULES.register(aten.unfold.default, check=lambda node, is_frozen: None if node_meta(node.args[0]).dim() else "unfold of a 0-d tensor")
+def _check_unfold(node, is_frozen):
+    return None if node_meta(node.args[0]).dim() else "unfold of a 0-d tensor"
+
+
+@RULES.register(aten.unfold.default, check=_check_unfold)
 def lower_unfold(node, ctx):
     """Sliding windows (`x.unfold(dim, size, step)`, patch extraction): eager's overlapping
     view becomes a copy. Tiles cut every output dim but the window's own last one; along

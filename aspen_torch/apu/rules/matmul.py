@@ -131,8 +131,9 @@ def lower_cdist(node: fx.Node, ctx: LoweringContext):
     so a tile with fewer rows computes them as the whole op would.)"""
     shape = tuple(node_meta(node).shape)
     m = node_meta(node.args[0]).shape[-1]
-    rows = max(1, node_meta(node).numel() // max(1, shape[-1]))
-    boxes = split_dims(shape, tuple(range(len(shape) - 1)), ctx.policy.num_tiles(3.0 * node_meta(node).numel() * m, rows))
+    numel = node_meta(node).numel()
+    parts = ctx.policy.num_tiles(3.0 * numel * m, max(1, numel // max(1, shape[-1])))
+    boxes = split_dims(shape, tuple(range(len(shape) - 1)), parts)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return broadcast_box(box[:-2], ref.shape[:-2]) + (box[-2] if i == 0 else (0, ref.shape[-2]), (0, m))
