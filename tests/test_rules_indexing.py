@@ -178,6 +178,22 @@ def test_embedding_bag_offsets_that_aten_would_reject_are_named_at_compile_time(
         compile_strict(bag)(torch.randint(0, 30, (6,)))
 
 
+def test_embedding_bag_run_time_offsets_that_decrease_fail_that_call_only():
+    """Run-time offsets are checked by tiles before the bag (ATen checks their order only
+    multithreaded); start and end are ATen's own checks. Each bad call raises, good ones
+    after it still answer as eager does."""
+    bag = nn.EmbeddingBag(30, 5, mode="sum").eval()
+    compiled = compile_strict(Fn(lambda i, o: bag(i, o)))
+    ids = torch.randint(0, 30, (10,))
+    with torch.no_grad():
+        for offsets, message in [([0, 6, 4, 8], "offsets must never decrease"), ([2, 4, 8], "offsets\\[0\\] has to be 0"),
+                                 ([0, 4, 11], "can not be greater than input's length")]:
+            with pytest.raises(RuntimeError, match=message):
+                compiled(ids, torch.tensor(offsets))
+            good = torch.tensor([0, 3, 3, 9])
+            torch.testing.assert_close(compiled(ids, good), bag(ids, good), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("right", [False, True])
 def test_bucketize(right):
     boundaries = torch.tensor([-1.0, 0.0, 0.5, 2.0])
