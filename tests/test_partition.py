@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from helpers import assert_matches_eager, compile_strict
 
 from aspen_torch import AspenUnsupportedError
@@ -21,9 +22,9 @@ class Mixed(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        y = y / torch.histc(y, 4).amax()  # histc: no rule
+        y = y / (1 + F.pdist(y.flatten(1)).sum())  # pdist: no rule
         y = self.b(y)
-        return torch.diagonal(y, 0, 2, 3) + 1  # diagonal: no rule
+        return torch.linalg.matrix_exp(y[..., :4, :4] * 0.1) + 1  # matrix_exp: no rule
 
 
 def test_fallback_is_correct_and_logged(caplog):
@@ -34,7 +35,8 @@ def test_fallback_is_correct_and_logged(caplog):
         out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "aten.histc.default" in messages and "aten.diagonal.default" in messages and "runs in eager" in messages
+    assert "aten._pdist_forward.default" in messages and "aten.linalg_matrix_exp.default" in messages \
+        and "runs in eager" in messages
 
 
 def test_strict_lists_every_unsupported_op_with_its_source_line():
@@ -43,7 +45,7 @@ def test_strict_lists_every_unsupported_op_with_its_source_line():
     error = info.value.inner_exception if hasattr(info.value, "inner_exception") else info.value
     assert isinstance(error, AspenUnsupportedError)
     ops = sorted(op for op, _, _ in error.unsupported)
-    assert ops == ["aten.diagonal.default", "aten.histc.default"]
+    assert ops == ["aten._pdist_forward.default", "aten.linalg_matrix_exp.default"]
     assert all("test_partition.py" in where for _, _, where in error.unsupported)
 
 

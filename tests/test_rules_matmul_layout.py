@@ -421,3 +421,30 @@ def test_unfold_windows_and_patches():
     report = assert_matches_eager(Model(), torch.randn(3, 11, 8), torch.randn(2, 3, 8, 12),
                                   options={"min_tile_flops": 1, "tiles_per_dse": 3})
     assert report.tiles_per_op["aten.unfold.default"] > 6
+
+
+def test_diagonals_and_diagonal_matrices():
+    """Diagonals above, on and below the main one, of a batch with the dims in either order
+    and one past the matrix (empty); diag_embed at the end and at other dims; torch.diag of
+    a vector. Copies of eager's views, tiles cutting the diagonal and the other dims."""
+    class Model(nn.Module):
+        def forward(self, x, v):
+            y = x * 2
+            return (torch.diagonal(y, 2, 1, 2), torch.diagonal(y, -1, 2, 1) + 1, torch.diagonal(y, 0, 0, 2),
+                    torch.diagonal(y, 9, 1, 2), torch.diag_embed(v * 2), torch.diag_embed(v, 1, 0, 2) + 1,
+                    torch.diag(v[0]) * 3)
+
+    report = assert_matches_eager(Model(), torch.randn(3, 7, 6), torch.randn(2, 5),
+                                  options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["aten.diagonal.default"] > 6 and report.tiles_per_op["aten.diag_embed.default"] > 2
+
+
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bilinear(batch, bias):
+    """nn.Bilinear (aten._trilinear): tiles cut the batch and the output features, each
+    reading its rows of both inputs and its slice of the weight."""
+    model = nn.Bilinear(6, 4, 9, bias=bias).eval()
+    report = assert_matches_eager(model, torch.randn(*batch, 6), torch.randn(*batch, 4),
+                                  options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["aten._trilinear.default"] > 4

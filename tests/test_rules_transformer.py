@@ -97,7 +97,7 @@ def test_masks_of_other_dtypes():
     lambda x: torch.var_mean(x, -1), lambda x: torch.std_mean(x, (0, 2), correction=0, keepdim=True),
     lambda x: (x > 0).any(), lambda x: (x > -3).all(), lambda x: (x > -1).all((0, 2)), lambda x: x.sum(),
     lambda x: x.prod(), lambda x: x.nansum(-1), lambda x: torch.count_nonzero(x > 0),
-    lambda x: torch.count_nonzero(x > 0, (0, 2))])
+    lambda x: torch.count_nonzero(x > 0, (0, 2)), lambda x: torch.trace(x[1]), lambda x: torch.histc(x, 7, -1, 1)])
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_reductions(reduce, with_nan):
     """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),
@@ -112,6 +112,16 @@ def test_reductions(reduce, with_nan):
         x[2, 3, 4] = float("nan")
     report = assert_matches_eager(Model(), x, options={"min_tile_flops": 1})
     assert report.num_tiles > 1
+
+
+def test_histogram_over_the_data_range():
+    """histc with min = max = 0 bins over the data's own range: one tile sees all of it."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return torch.histc(x * 2, 6) + 1
+
+    report = assert_matches_eager(Model(), torch.randn(40, 3), options={"min_tile_flops": 1})
+    assert report.tiles_per_op["aten.histc.default"] == 1
 
 
 def test_scans_along_any_dim():

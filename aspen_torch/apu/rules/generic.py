@@ -238,6 +238,7 @@ def _check_reduction(node, is_frozen):
                 aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, aten.var_mean.correction,
                 aten.std_mean.correction, aten.any.default, aten.all.default, aten.all.dims, aten.sum.default,
                 aten.prod.default, aten.nansum.default, aten.count_nonzero.default, aten.count_nonzero.dim_IntList,
+                aten.trace.default,
                 check=_check_reduction)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
@@ -270,9 +271,10 @@ def lower_sorting(node, ctx):
     return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
 
 
-@RULES.register(aten.index.Tensor, aten.full_like.default)
+@RULES.register(aten.index.Tensor, aten.full_like.default, aten.histc.default)
 def lower_whole(node, ctx):
-    """Mask plumbing: tiny, run as one tile reading its inputs whole."""
+    """Mask plumbing and histograms (MoE routing counts): tiny, or every element may land
+    in any bin; one tile reading its inputs whole."""
     out = ctx.new_buffer(node, channels_last=False)
     return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
 

@@ -11,7 +11,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
-from .generic import aten_tiles, named_schema_args, row_blocks, schema_args
+from .generic import aten_tiles, elementwise_boxes, named_schema_args, row_blocks, schema_args
 
 aten = torch.ops.aten
 
@@ -218,3 +218,45 @@ def lower_unfold(node, ctx):
         return tuple((first * step, (stop - 1) * step + size) if d == dim else box[d] for d in range(len(ref.shape)))
 
     return aten_tiles(node, ctx, out, boxes, region)
+
+
+def _diagonal_dims(node: fx.Node, rank: int) -> tuple[int, int, int]:
+    args = named_schema_args(node)
+    return args["offset"], args["dim1"] % rank, args["dim2"] % rank
+
+
+@RULES.register(aten.diagonal.default)
+def lower_diagonal(node, ctx):
+    """x.diagonal(offset, dim1, dim2), eager's strided view, becomes a copy: the output is
+    x's other dims then the diagonal. A tile over output box (..., [k0, k1)) reads x at its
+    box along the other dims and the square [k0, k1) shifted by the offset along dim1 and
+    dim2, whose own diagonal (offset 0) is the tile's."""
+    rank = node_meta(node.args[0]).dim()
+    offset, dim1, dim2 = _diagonal_dims(node, rank)
+    others = [d for d in range(rank) if d not in (dim1, dim2)]
+    out = ctx.new_buffer(node, channels_last=False)
+    boxes = elementwise_boxes(node, ctx)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        at = dict(zip(others, box))
+        (k0, k1) = box[-1]
+        at[dim1] = (k0 + max(0, -offset), k1 + max(0, -offset))
+        at[dim2] = (k0 + max(0, offset), k1 + max(0, offset))
+        return tuple(at[d] for d in range(rank))
+
+    return aten_tiles(node, ctx, out, boxes, region, sizes_of=lambda box: {1: 0})
+
+
+@RULES.register(aten.diag_embed.default)
+def lower_diag_embed(node, ctx):
+    """Matrices with x's last dim on a diagonal (torch.diag of a vector): tiles cut the other
+    output dims, each reading x there, its last dim whole."""
+    rank = node_meta(node).dim()
+    _, dim1, dim2 = _diagonal_dims(node, rank)
+    others = [d for d in range(rank) if d not in (dim1, dim2)]
+    out = ctx.new_buffer(node, channels_last=False)
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        return tuple(box[d] for d in others) + ((0, ref.shape[-1]),)
+
+    return aten_tiles(node, ctx, out, row_blocks(node, ctx, out.shape, (dim1, dim2)), region)

@@ -8,7 +8,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
 from ..tile_graph import Box, Region, TensorRef, Tile, TileKind
-from .generic import aten_tiles, broadcast_box
+from .generic import aten_tiles, broadcast_box, named_schema_args
 
 aten = torch.ops.aten
 
@@ -137,5 +137,35 @@ def lower_cdist(node: fx.Node, ctx: LoweringContext):
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         return broadcast_box(box[:-2], ref.shape[:-2]) + (box[-2] if i == 0 else (0, ref.shape[-2]), (0, m))
+
+    return aten_tiles(node, ctx, ctx.new_buffer(node, channels_last=False), boxes, region)
+
+
+@RULES.register(aten._trilinear.default, check=lambda node, is_frozen: float32_only(node))
+def lower_trilinear(node: fx.Node, ctx: LoweringContext):
+    """nn.Bilinear's product of three tensors: each is unsqueezed at its `expand` dims into
+    one shared space, they are multiplied, and the `sumdim` dims summed away. An input's own
+    dims are the space's dims it is not expanded at, in order, so a tile over the kept dims
+    reads each input at the tile's box there (a dim of size 1 broadcasts) and whole along
+    the summed ones."""
+    args = named_schema_args(node)
+    inputs = [args["i1"], args["i2"], args["i3"]]
+    expands = [args["expand1"], args["expand2"], args["expand3"]]
+    summed = set(args["sumdim"])
+    rank = node_meta(inputs[0]).dim() + len(expands[0])
+    kept = [d for d in range(rank) if d not in summed]
+    shape = tuple(node_meta(node).shape)
+    space = [1] * rank  # the shared space's sizes, for the tile cost
+    for i, expand in zip(inputs, expands):
+        for d, size in zip((d for d in range(rank) if d not in expand), node_meta(i).shape):
+            space[d] = max(space[d], size)
+    numel = max(1, node_meta(node).numel())
+    parts = ctx.policy.num_tiles(2.0 * torch.Size(space).numel(), numel)
+    boxes = split_dims(shape, tuple(range(len(shape))), parts)
+    own_dims = [[d for d in range(rank) if d not in expand] for expand in expands]
+
+    def region(i: int, ref: TensorRef, box: Box) -> Box:
+        at = dict(zip(kept, box))
+        return tuple((0, size) if size == 1 or d in summed else at[d] for d, size in zip(own_dims[i], ref.shape))
 
     return aten_tiles(node, ctx, ctx.new_buffer(node, channels_last=False), boxes, region)
