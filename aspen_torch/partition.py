@@ -79,6 +79,31 @@ class _RegistrySupport(OperatorSupportBase):
         return node.op == "call_function" and self._reasons.get(node) is None
 
 
+def _is_view(node: fx.Node) -> bool:
+    """An op returning views of its first argument (view, slice, permute, split's pieces)."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        return _is_view(node.args[0])
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and any(
+        r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+def _keep_storage_for_eager_as_strided(gm: fx.GraphModule, reasons: dict[fx.Node, Optional[str]]) -> None:
+    """An as_strided left to eager indexes its input's storage, which only eager's own views
+    have: a tensor crossing from an aspen partition is a fresh one. So the views between it
+    and the op that made their storage (or a graph input) run in eager too."""
+    for node in gm.graph.nodes:
+        if node.target is not torch.ops.aten.as_strided.default or reasons.get(node) is None:
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and _is_view(source):
+            reasons[source] = reasons[source] or "a view whose storage an as_strided running in eager reads"
+            source = source.args[0]
+    for node in gm.graph.nodes:  # the other pieces of a split now run in eager
+        if node.target is operator.getitem and reasons.get(node.args[0]) is not None:
+            reasons[node] = reasons[node] or "getitem of an op aspen does not run"
+
+
 def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:
     gm = captured.graph_module
     frozen_nodes = _frozen_nodes(gm, captured.frozen)
@@ -87,6 +112,8 @@ def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:
     unsupported = [(n, r) for n, r in reasons.items() if r is not None]
     if strict and unsupported:
         raise AspenUnsupportedError([(op_name(n.target), r, where(n)) for n, r in unsupported])
+    _keep_storage_for_eager_as_strided(gm, reasons)
+    unsupported = [(n, r) for n, r in reasons.items() if r is not None]
     for n, r in unsupported:
         log.warning("aspen: %s (%s) runs in eager: %s", op_name(n.target), n.name, r)
     fallback_ops = dict(collections.Counter(op_name(n.target) for n, _ in unsupported))

@@ -286,22 +286,46 @@ def test_channels_last_input_through_adaptive_pool(model_channels_last):
     assert_matches_eager(model, torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last))
 
 
-def test_as_strided_over_other_elements_runs_in_eager():
-    """A window view (elements read twice) is no alias: strict mode names it, and otherwise it
-    runs in eager between aspen partitions."""
+def test_as_strided_views_of_the_input_storage_are_copied():
+    """Overlapping windows of a flat input, a transposing restride, Longformer's overlapping
+    chunks of a permuted input (its storage order is not its dim order), an offset into a
+    sliced input and a zero stride: copy tiles, each reading the storage span its box
+    covers. Returned as it is, a window view aliases its source as in eager."""
     class Windows(nn.Module):
-        def forward(self, x):
+        def forward(self, x, h):
             y = torch.relu(x) + 1
-            windows = torch.as_strided(y.flatten(), (5, 3), (2, 1))  # overlapping
-            transposed = torch.as_strided(y, (3, 4), (1, 3))  # its sizes and offset, other strides
-            return windows * 2, transposed * 2
+            windows = torch.as_strided(y.flatten(), (5, 3), (2, 1))
+            transposed = torch.as_strided(y, (3, 4), (1, 3))
+            heads = (h * 2).transpose(0, 1)  # [heads, seq, dim] over storage [seq, heads, dim]
+            chunks = heads.as_strided((3, 5, 4, 2), (2, 12, 6, 1))  # windows of 4 positions, step 2
+            tail = y[1:]
+            shifted = torch.as_strided(tail, (2, 2), (4, 1), tail.storage_offset() + 2)
+            repeated = torch.as_strided(tail, (3, 4), (0, 1))
+            return windows, windows * 2, transposed * 2, chunks * 1, shifted + 1, repeated * 1
+
+    report = assert_matches_eager(Windows(), torch.randn(3, 4), torch.randn(12, 3, 2),
+                                  options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["aten.as_strided.default"] > 10
+
+
+@pytest.mark.parametrize("view", [
+    lambda y: torch.as_strided(y[:, :3], (2, 3), (4, 1)),  # an input with gaps in its storage
+    lambda y: torch.as_strided(y[:2], (3, 4), (4, 1)),  # past the input's last element
+    lambda y: torch.as_strided(y[1:], (2, 2), (4, 1), 0),  # before the input's first element
+])
+def test_as_strided_outside_its_input_runs_in_eager(view):
+    """Elements outside the input (gaps of a sliced view, before or past its span) are not
+    the input's: strict mode names the op; otherwise it runs in eager between partitions."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return view(torch.relu(x) + 1) * 2
 
     x = torch.randn(3, 4)
-    with pytest.raises(Exception, match="as_strided other than restriding dims of size 1"), torch.no_grad():
-        compile_strict(Windows().eval())(x)
+    with pytest.raises(Exception, match="as_strided reading storage outside its input"), torch.no_grad():
+        compile_strict(Model().eval())(x)
     torch._dynamo.reset()
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(Windows().eval(), backend="aspen")(x), Windows()(x))
+        torch.testing.assert_close(torch.compile(Model().eval(), backend="aspen")(x), Model()(x))
 
 
 def test_views_permute_slice():

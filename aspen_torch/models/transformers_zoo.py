@@ -113,6 +113,8 @@ def families() -> dict[str, Family]:
         "yolos": Family(lambda: (FirstOutput(T.YolosModel(T.YolosConfig(**{**_VIT, "image_size": [32, 32]},
                                                                        num_detection_tokens=4))), _images(32)),
                         True, "position embeddings added after a linear, expanded over the batch"),
+        "longformer": Family(lm(T.LongformerModel, T.LongformerConfig, attention_window=8, **_LM), True,
+                             "sliding-window attention by overlapping chunks (as_strided of a permuted view)"),
         "bart": Family(lambda: (EncoderDecoder(T.BartModel(T.BartConfig(
             d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
             encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=500))), _tokens()), True,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -10,7 +10,7 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
-from ..tile_graph import Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
 from .generic import aten_tiles, elementwise_boxes, named_schema_args, row_blocks, schema_args
 
 aten = torch.ops.aten
@@ -74,20 +74,69 @@ def lower_expand(node, ctx):
     return ctx.expand_to(ctx.ref(node.args[0]), node_meta(node).shape)
 
 
-def _check_as_strided(node: fx.Node, is_frozen):
-    """as_strided reaches aspen from decompositions that give a result eager's strides
-    (a channels-last pooled [N, C, 1, 1], whose unit dims take any stride). Where sizes,
-    offset and the strides of every dim longer than 1 are the input's own, each element is
-    the input's element at the same index, whatever layout aspen gives the buffer."""
+def _restrides_unit_dims_only(node: fx.Node) -> bool:
+    """as_strided from decompositions that give a result eager's strides (a channels-last
+    pooled [N, C, 1, 1], whose unit dims take any stride): sizes, offset and the strides of
+    every dim longer than 1 are the input's own, so each element is the input's element at
+    the same index, whatever layout aspen gives the buffer."""
     source = node_meta(node.args[0])
     _, size, stride, offset = schema_args(node)
-    if tuple(size) != tuple(source.shape) or (offset is not None and offset != source.storage_offset()) \
-            or any(n != 1 and a != b for n, a, b in zip(size, stride, source.stride())):
-        return "as_strided other than restriding dims of size 1 (a view of its storage aspen does not express)"
+    return tuple(size) == tuple(source.shape) and (offset is None or offset == source.storage_offset()) \
+        and all(n == 1 or a == b for n, a, b in zip(size, stride, source.stride()))
+
+
+def _storage_order(source: torch.Tensor) -> Optional[list[int]]:
+    """The source's dims from outermost to innermost in its storage, if it covers its
+    storage span densely without overlap (contiguous, or a permutation of it): then storage
+    position `offset + k` holds element k of the source permuted to this order and flattened."""
+    order = sorted(range(source.dim()), key=lambda d: (-source.stride(d), d))
+    dense_stride = 1
+    for d in reversed(order):
+        if source.shape[d] != 1 and source.stride(d) != dense_stride:
+            return None
+        dense_stride *= source.shape[d]
+    return order
+
+
+def _check_as_strided(node: fx.Node, is_frozen):
+    if _restrides_unit_dims_only(node):
+        return None
+    source = node_meta(node.args[0])
+    _, size, stride, offset = schema_args(node)
+    start = source.storage_offset() if offset is None else offset
+    last = start + sum((n - 1) * s for n, s in zip(size, stride))
+    if _storage_order(source) is None or start < source.storage_offset() \
+            or (0 not in size and last >= source.storage_offset() + source.numel()):
+        return "as_strided reading storage outside its input, or of an input with gaps or overlaps in its storage"
     return None
 
 
 @RULES.register(aten.as_strided.default, check=_check_as_strided)
+def lower_as_strided(node, ctx):
+    """A strided view of the input's storage (Longformer's overlapping chunks): copy tiles
+    over the flattened input in eager's storage order. A tile over output box B reads the
+    flat range from B's first to its last element's position and views it with the same
+    strides from its own start (as_strided's default offset is the viewed tensor's)."""
+    if _restrides_unit_dims_only(node):
+        return lower_same_value(node, ctx)
+    source = node_meta(node.args[0])
+    _, size, stride, offset = schema_args(node)
+    base = (source.storage_offset() if offset is None else offset) - source.storage_offset()
+    order = _storage_order(source)
+    ordered = ctx.ref(node.args[0]).then("permute", tuple(order), tuple(source.shape[d] for d in order))
+    flat = ordered.reshaped((source.numel(),)) or copy_to_new_buffer(ctx, ordered, (source.numel(),),
+                                                                      f"{node.name}_flat", str(node.target))
+    out = ctx.new_buffer(node, channels_last=False)
+    for box in elementwise_boxes(node, ctx):
+        first = base + sum(start * s for (start, _), s in zip(box, stride))
+        last = base + sum((stop - 1) * s for (_, stop), s in zip(box, stride))
+        span = Region(flat, ((first, max(first, last + 1)),))
+        call = AtenCall(node.target, (span, [stop - start for start, stop in box], list(stride), None))
+        ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, box), [span], (), [], str(node.target), node.name, call),
+                     fusible_for=node)
+    return out
+
+
 @RULES.register(aten.clone.default, aten.alias.default, aten.detach.default)
 def lower_same_value(node, ctx):
     # Buffers are written once (epilogues mutate only values with a single reader), so a
