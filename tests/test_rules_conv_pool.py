@@ -314,6 +314,31 @@ def test_reflection_replication_padding_and_adaptive_pools(after_conv):
         assert report.tiles_per_op[op] >= 2, op
 
 
+def test_volume_pooling_local_response_norm_and_antialiased_resizing():
+    """3-d max (with indices) / avg / adaptive pooling after a 3-d conv, LocalResponseNorm
+    (an avg_pool3d over a channel window) and antialiased bilinear / bicubic resizing:
+    ATen's kernels over (image, channel) blocks, volumes and planes whole."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(2, 4, 3, padding=1)
+            self.lrn = nn.LocalResponseNorm(3)
+
+        def forward(self, vol, x):
+            v = self.conv(vol)
+            return (F.max_pool3d(v, 2, return_indices=True), F.avg_pool3d(v, (1, 3, 3), 2, (0, 1, 1)),
+                    F.adaptive_avg_pool3d(v, (2, 3, 1)), F.adaptive_max_pool3d(v, 2), self.lrn(x * 2),
+                    F.interpolate(x, size=(5, 7), mode="bilinear", antialias=True),
+                    F.interpolate(x, scale_factor=0.5, mode="bicubic", antialias=True))
+
+    report = assert_matches_eager(Model().eval(), torch.randn(2, 2, 4, 6, 6), torch.randn(2, 5, 8, 10),
+                                  options={"min_tile_flops": 1})
+    for op in ("aten.max_pool3d_with_indices.default", "aten.avg_pool3d.default", "aten._adaptive_avg_pool3d.default",
+               "aten.adaptive_max_pool3d.default", "aten._upsample_bilinear2d_aa.default",
+               "aten._upsample_bicubic2d_aa.default"):
+        assert report.tiles_per_op[op] >= 2, op
+
+
 def test_circular_padding():
     """Circular padding reaches aspen as writes into slices of a new tensor (functional
     copy and slice_scatter), 1-d, 2-d (after a channels-last conv) and 3-d."""

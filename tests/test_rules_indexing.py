@@ -194,6 +194,19 @@ def test_embedding_bag_run_time_offsets_that_decrease_fail_that_call_only():
             torch.testing.assert_close(compiled(ids, good), bag(ids, good), rtol=1e-5, atol=1e-5)
 
 
+def test_masked_scatter_places_image_features_into_token_embeddings():
+    """A multimodal model's merge: masked positions take the source's rows in order (one tile:
+    each position's source row counts the mask before it)."""
+    class Model(nn.Module):
+        def forward(self, embeds, ids, features):
+            mask = (ids == 7).unsqueeze(-1).expand_as(embeds)
+            return embeds.masked_scatter(mask, features * 2) + 1
+
+    ids = torch.tensor([[1, 7, 7, 2, 3], [7, 4, 7, 7, 5]])
+    report = assert_matches_eager(Model(), torch.randn(2, 5, 4), ids, torch.randn(5, 4), options=MANY_TILES)
+    assert report.tiles_per_op["aten.masked_scatter.default"] == 1
+
+
 @pytest.mark.parametrize("right", [False, True])
 def test_bucketize(right):
     boundaries = torch.tensor([-1.0, 0.0, 0.5, 2.0])

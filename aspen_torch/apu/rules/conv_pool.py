@@ -364,18 +364,23 @@ def lower_adaptive_avg_pool2d(node: fx.Node, ctx: LoweringContext):
     return lower_whole_along(node, ctx, _spatial_dims(node))
 
 
+SPATIAL_3D = (aten.reflection_pad3d.default, aten.replication_pad3d.default, aten.max_pool3d_with_indices.default,
+              aten.avg_pool3d.default, aten._adaptive_avg_pool3d.default, aten.adaptive_max_pool3d.default)
+
+
 @RULES.register(aten.adaptive_max_pool2d.default, aten.reflection_pad1d.default, aten.reflection_pad2d.default,
-                aten.reflection_pad3d.default, aten.replication_pad1d.default, aten.replication_pad2d.default,
-                aten.replication_pad3d.default)
+                aten.replication_pad1d.default, aten.replication_pad2d.default, aten._upsample_bilinear2d_aa.default,
+                aten._upsample_bicubic2d_aa.default, *SPATIAL_3D)
 def lower_spatial_whole(node: fx.Node, ctx: LoweringContext):
-    """Reflection / replication padding, adaptive max pooling and max pooling with indices:
-    ATen's kernel over (image, channel) blocks, each reading its planes whole."""
+    """Reflection / replication padding, adaptive max pooling, max pooling with indices, 3-d
+    pooling (also local response norm's) and antialiased resizing: ATen's kernel over
+    (image, channel) blocks, each reading its planes (volumes) whole."""
     return lower_whole_along(node, ctx, _spatial_dims(node))
 
 
 def _spatial_dims(node: fx.Node) -> tuple[int, ...]:
     """The dims after (batch, channels); an unbatched input has only channels before them."""
     rank = node_meta(node).dim()
-    spatial = {aten.reflection_pad1d.default: 1, aten.replication_pad1d.default: 1,
-               aten.reflection_pad3d.default: 3, aten.replication_pad3d.default: 3}.get(node.target, 2)
+    spatial = 3 if node.target in SPATIAL_3D else \
+        1 if node.target in (aten.reflection_pad1d.default, aten.replication_pad1d.default) else 2
     return tuple(range(rank - spatial, rank))

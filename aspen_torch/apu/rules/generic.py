@@ -271,10 +271,11 @@ def lower_sorting(node, ctx):
     return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
 
 
-@RULES.register(aten.index.Tensor, aten.full_like.default, aten.histc.default)
+@RULES.register(aten.index.Tensor, aten.full_like.default, aten.histc.default, aten.masked_scatter.default)
 def lower_whole(node, ctx):
-    """Mask plumbing and histograms (MoE routing counts): tiny, or every element may land
-    in any bin; one tile reading its inputs whole."""
+    """Mask plumbing, histograms (MoE routing counts) and masked_scatter (image features
+    into a multimodal model's token embeddings: each masked position takes the next source
+    element, a count over the whole mask before it): one tile reading its inputs whole."""
     out = ctx.new_buffer(node, channels_last=False)
     return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
 
