@@ -472,3 +472,31 @@ def test_bilinear(batch, bias):
     report = assert_matches_eager(model, torch.randn(*batch, 6), torch.randn(*batch, 4),
                                   options={"min_tile_flops": 1, "tiles_per_dse": 3})
     assert report.tiles_per_op["aten._trilinear.default"] > 4
+
+
+def test_transformers_grouped_mm_of_moe_experts():
+    """transformers' MoE expert product (its custom op for fp32 under torch.compile): rows
+    grouped by expert, some experts with no rows; tiles cut the output columns. Offsets not
+    ending at the row count (rows no expert owns) fail that call, and the model stays usable."""
+    pytest.importorskip("transformers.integrations.moe")
+    grouped_mm = torch.ops.transformers.grouped_mm_fallback
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 200, 24))  # [experts, N, K], used transposed
+
+        def forward(self, x, offs):
+            return grouped_mm(x * 2, self.weight.transpose(1, 2), offs) + 1
+
+    model = Experts().eval()
+    x = torch.randn(10, 24)
+    offs = torch.tensor([3, 3, 8, 10], dtype=torch.int32)
+    report = assert_matches_eager(model, x, offs, options={"min_tile_flops": 1, "tiles_per_dse": 3})
+    assert report.tiles_per_op["transformers.grouped_mm_fallback.default"] > 2
+    compiled = compile_strict(model)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="grouped mm offsets must end at the 10 rows"):
+            compiled(x, torch.tensor([3, 3, 8, 9], dtype=torch.int32))
+        other = torch.tensor([0, 6, 6, 10], dtype=torch.int32)
+        torch.testing.assert_close(compiled(x, other), model(x, other), rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
-"""The one registry of APU lowering rules, keyed by aten op overload.
+"""The one registry of APU lowering rules, keyed by aten op overload (or, for another
+library's op, by its name).
 
 The partitioner's allow-list, the decomposition table and the lowering all
 read this registry, so a rule added here is everything needed to tile an op.
@@ -84,7 +85,10 @@ class RuleRegistry:
     def find(self, target: object) -> Optional[Rule]:
         rule = self._rules.get(target)
         if rule is None and isinstance(target, torch._ops.OpOverload):
-            rule = next((r for tag, r in self._tag_rules.items() if tag in target.tags), None)
+            # Ops of other libraries are registered by name ("transformers.grouped_mm_fallback.default"):
+            # they exist only once that library is imported.
+            rule = self._rules.get(str(target)) or next(
+                (r for tag, r in self._tag_rules.items() if tag in target.tags), None)
         return rule
 
     def rule(self, target: object) -> Rule:

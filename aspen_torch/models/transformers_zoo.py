@@ -113,6 +113,9 @@ def families() -> dict[str, Family]:
         "yolos": Family(lambda: (FirstOutput(T.YolosModel(T.YolosConfig(**{**_VIT, "image_size": [32, 32]},
                                                                        num_detection_tokens=4))), _images(32)),
                         True, "position embeddings added after a linear, expanded over the batch"),
+        "mixtral": Family(lm(T.MixtralModel, T.MixtralConfig, num_key_value_heads=2, num_local_experts=4,
+                             num_experts_per_tok=2, **_LM), True,
+                          "mixture of experts: routing histogram, transformers' grouped mm of the experts"),
         "longformer": Family(lm(T.LongformerModel, T.LongformerConfig, attention_window=8, **_LM), True,
                              "sliding-window attention by overlapping chunks (as_strided of a permuted view)"),
         "bart": Family(lambda: (EncoderDecoder(T.BartModel(T.BartConfig(

@@ -280,15 +280,28 @@ def lower_whole(node, ctx):
     return aten_tiles(node, ctx, out, [full_box(out.shape)], lambda i, ref, box: full_box(ref.shape))
 
 
+def add_value_tile(ctx: LoweringContext, node: fx.Node, name: str, shape: Sequence[int], dtype: torch.dtype,
+                   op: torch._ops.OpOverload, args: Sequence[Any], label: Optional[str] = None) -> TensorRef:
+    """One aten-op tile computing a small value of the node's own (a condition a check asserts)
+    into a buffer of its own, `{node}_{name}`."""
+    out = TensorRef.of(Buffer(f"{node.name}_{name}", tuple(shape), dtype))
+    ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, full_box(out.shape)), [a for a in args if isinstance(a, Region)],
+                      (), [], label or str(op), node.name, AtenCall(op, tuple(args))))
+    return out
+
+
+def add_assert_tile(ctx: LoweringContext, node: fx.Node, cond: TensorRef, message: str,
+                    label: Optional[str] = None) -> None:
+    """A tile that raises `message` if the one-element `cond` is zero, failing the request as
+    eager fails the call. It runs ATen's functional assert, whose result (a copy of the
+    condition) nobody reads."""
+    region = Region(cond, full_box(cond.shape))
+    add_value_tile(ctx, node, "checked", cond.shape, cond.buffer.dtype, aten._functional_assert_async.msg,
+                   (region, message, region), label)
+
+
 @RULES.register(aten._assert_async.msg)
 def lower_runtime_check(node, ctx):
-    """A check of values (F.one_hot's range of class ids): one tile that raises the op's
-    message if the condition is zero, failing the request as eager fails the call. The
-    tile runs ATen's functional form, whose result (a copy of the condition) nobody reads."""
-    cond = ctx.ref(node.args[0])
-    region = Region(cond, full_box(cond.shape))
-    checked = TensorRef.of(Buffer(node.name, cond.shape, cond.buffer.dtype))
-    call = AtenCall(aten._functional_assert_async.msg, (region, node.args[1], region))
-    ctx.add_tile(Tile(TileKind.ATEN_OP, Region(checked, full_box(cond.shape)), [region], (), [], str(node.target),
-                      node.name, call))
+    """A check of values (F.one_hot's range of class ids)."""
+    add_assert_tile(ctx, node, ctx.ref(node.args[0]), node.args[1], str(node.target))
     return None

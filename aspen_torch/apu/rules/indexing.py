@@ -16,8 +16,10 @@ import torch.fx as fx
 from ..lower import node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims
 from ..registry import RULES, float32_only
-from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
+from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
 from .generic import (
+    add_assert_tile,
+    add_value_tile,
     aten_tiles,
     elementwise_boxes,
     lower_rowwise,
@@ -65,22 +67,16 @@ def _bag_bounds(offsets: torch.Tensor, num_indices: int, include_last_offset: bo
 def _check_offsets_never_decrease(node: fx.Node, ctx, offsets: TensorRef) -> None:
     """Run-time offsets: ATen checks their first and last value on every path, but that they
     never decrease only when it runs multithreaded (a tile's one thread would sum nothing and
-    answer). Three tiles check it: offsets[1:] >= offsets[:-1], all of it, and an assertion
-    failing the request with a message saying so."""
+    answer). Tiles check it: offsets[1:] >= offsets[:-1], all of it, and an assertion."""
     count = offsets.shape[0] if len(offsets.shape) == 1 else 0
     if count < 2:
         return
-    steps = TensorRef.of(Buffer(f"{node.name}_offset_steps", (count - 1,), torch.bool))
-    ordered = TensorRef.of(Buffer(f"{node.name}_offsets_ordered", (), torch.bool))
-    checked = TensorRef.of(Buffer(f"{node.name}_offsets_checked", (), torch.bool))
     later, earlier = Region(offsets, ((1, count),)), Region(offsets, ((0, count - 1),))
-    all_steps, is_ordered = Region(steps, full_box(steps.shape)), Region(ordered, ())
-    message = "aspen: EmbeddingBag offsets must never decrease (each bag starts where the one before it ends or later)"
-    for out, inputs, call in [
-            (steps, [later, earlier], AtenCall(aten.ge.Tensor, (later, earlier))),
-            (ordered, [all_steps], AtenCall(aten.all.default, (all_steps,))),
-            (checked, [is_ordered], AtenCall(aten._functional_assert_async.msg, (is_ordered, message, is_ordered)))]:
-        ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, ()), inputs, (), [], str(call.op), node.name, call))
+    steps = add_value_tile(ctx, node, "offset_steps", (count - 1,), torch.bool, aten.ge.Tensor, (later, earlier))
+    ordered = add_value_tile(ctx, node, "offsets_ordered", (), torch.bool, aten.all.default,
+                             (Region(steps, full_box(steps.shape)),))
+    add_assert_tile(ctx, node, ordered, "aspen: EmbeddingBag offsets must never decrease (each bag starts where the "
+                                        "one before it ends or later)")
 
 
 @RULES.register(*EMBEDDING_BAG, check=_check_embedding_bag)

@@ -7,8 +7,8 @@ import torch.fx as fx
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
-from ..tile_graph import Box, Region, TensorRef, Tile, TileKind
-from .generic import aten_tiles, broadcast_box, named_schema_args
+from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
+from .generic import add_assert_tile, add_value_tile, aten_tiles, broadcast_box, named_schema_args
 
 aten = torch.ops.aten
 
@@ -169,3 +169,42 @@ def lower_trilinear(node: fx.Node, ctx: LoweringContext):
         return tuple((0, size) if size == 1 or d in summed else at[d] for d, size in zip(own_dims[i], ref.shape))
 
     return aten_tiles(node, ctx, ctx.new_buffer(node, channels_last=False), boxes, region)
+
+
+# transformers' MoE expert matmul for dtypes its torch.compile path cannot give ATen's grouped mm.
+GROUPED_MM_FALLBACK = "transformers.grouped_mm_fallback.default"
+
+
+def _check_grouped_mm(node: fx.Node, is_frozen):
+    x, w, offs = (node_meta(a) for a in node.args[:3])
+    if x.dim() != 2 or w.dim() != 3 or offs.dim() != 1 or not 0 < w.shape[0] == offs.shape[0]:
+        return "grouped mm of other than [tokens, K] x [experts, K, N] with an offset per expert"
+    if x.dtype != torch.float32 or w.dtype != torch.float32:
+        return "dtype (this op is tiled for torch.float32)"
+    if x.shape[1] % 4 or w.shape[2] % 4:
+        return "K or N not a multiple of 4 (ATen's grouped mm needs strides of 16 bytes)"
+    return None
+
+
+@RULES.register(GROUPED_MM_FALLBACK, check=_check_grouped_mm)
+def lower_grouped_mm(node: fx.Node, ctx: LoweringContext):
+    """MoE experts (Mixtral, Qwen2-MoE): rows [offs[e-1], offs[e]) of x, the tokens sorted by
+    expert, times expert e's weight. The offsets are known only at run time, so tiles cut the
+    output columns, each reading every row and its columns of every expert's weight, and run
+    ATen's grouped mm. Rows past the last offset, which the op leaves zero and ATen leaves
+    unwritten, never exist in transformers' use: a check tile fails the request if they do."""
+    xref, wref, offs = (ctx.ref(a) for a in node.args[:3])
+    (rows, k), (experts, _, n) = xref.shape, wref.shape
+    out = ctx.new_buffer(node, channels_last=False)
+    parts = ctx.policy.num_tiles(2.0 * rows * k * n, max(1, n // MIN_COLUMNS_PER_TILE))
+    x, all_offs = Region(xref, full_box(xref.shape)), Region(offs, full_box(offs.shape))
+    for c0, c1 in split_range(n // 4, parts):  # blocks of 4 columns keep 16-byte strides
+        w = Region(wref, ((0, experts), (0, k), (4 * c0, 4 * c1)))
+        call = AtenCall(aten._grouped_mm.default, (x, w, all_offs, None, None))
+        ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, ((0, rows), (4 * c0, 4 * c1))), [x, w, all_offs], (), [],
+                          GROUPED_MM_FALLBACK, node.name, call), fusible_for=node)
+    last = Region(offs, ((experts - 1, experts),))
+    covered = add_value_tile(ctx, node, "offsets_cover_rows", (1,), torch.bool, aten.eq.Scalar, (last, rows))
+    add_assert_tile(ctx, node, covered, f"aspen: grouped mm offsets must end at the {rows} rows (every token "
+                                        "assigned to an expert)")
+    return out
