@@ -476,7 +476,8 @@ def test_bilinear(batch, bias):
 
 def test_transformers_grouped_mm_of_moe_experts():
     """transformers' MoE expert product (its custom op for fp32 under torch.compile): rows
-    grouped by expert, some experts with no rows; tiles cut the output columns. Offsets not
+    grouped by expert, some experts with no rows; tiles cut the output columns, an operand
+    whose strides ATen's grouped mm refuses is copied. Offsets not
     ending at the row count (rows no expert owns) fail that call, and the model stays usable."""
     pytest.importorskip("transformers.integrations.moe")
     grouped_mm = torch.ops.transformers.grouped_mm_fallback
@@ -486,11 +487,11 @@ def test_transformers_grouped_mm_of_moe_experts():
             super().__init__()
             self.weight = nn.Parameter(torch.randn(4, 200, 24))  # [experts, N, K], used transposed
 
-        def forward(self, x, offs):
-            return grouped_mm(x * 2, self.weight.transpose(1, 2), offs) + 1
+        def forward(self, x, offs):  # x as a transposed view: strides of 40 bytes, copied for ATen
+            return grouped_mm((x * 2).t(), self.weight.transpose(1, 2), offs) + 1
 
     model = Experts().eval()
-    x = torch.randn(10, 24)
+    x = torch.randn(24, 10)
     offs = torch.tensor([3, 3, 8, 10], dtype=torch.int32)
     report = assert_matches_eager(model, x, offs, options={"min_tile_flops": 1, "tiles_per_dse": 3})
     assert report.tiles_per_op["transformers.grouped_mm_fallback.default"] > 2

@@ -9,6 +9,7 @@ from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
 from ..tile_graph import AtenCall, Box, Region, TensorRef, Tile, TileKind, full_box
 from .generic import add_assert_tile, add_value_tile, aten_tiles, broadcast_box, named_schema_args
+from .layout import copy_to_new_buffer
 
 aten = torch.ops.aten
 
@@ -186,6 +187,15 @@ def _check_grouped_mm(node: fx.Node, is_frozen):
     return None
 
 
+def _with_16_byte_strides(ctx: LoweringContext, node: fx.Node, ref: TensorRef, name: str) -> TensorRef:
+    """The operand as it is if every stride but a unit one spans a multiple of 16 bytes (ATen's
+    grouped mm needs that), else a contiguous copy (K and N are multiples of 4)."""
+    meta = ref.meta()
+    if all(stride == 1 or size == 1 or stride % 4 == 0 for size, stride in zip(meta.shape, meta.stride())):
+        return ref
+    return copy_to_new_buffer(ctx, ref, ref.shape, f"{node.name}_{name}", GROUPED_MM_FALLBACK)
+
+
 @RULES.register(GROUPED_MM_FALLBACK, check=_check_grouped_mm)
 def lower_grouped_mm(node: fx.Node, ctx: LoweringContext):
     """MoE experts (Mixtral, Qwen2-MoE): rows [offs[e-1], offs[e]) of x, the tokens sorted by
@@ -193,7 +203,8 @@ def lower_grouped_mm(node: fx.Node, ctx: LoweringContext):
     output columns, each reading every row and its columns of every expert's weight, and run
     ATen's grouped mm. Rows past the last offset, which the op leaves zero and ATen leaves
     unwritten, never exist in transformers' use: a check tile fails the request if they do."""
-    xref, wref, offs = (ctx.ref(a) for a in node.args[:3])
+    xref, wref = (_with_16_byte_strides(ctx, node, ctx.ref(a), name) for a, name in zip(node.args, ("x", "w")))
+    offs = ctx.ref(node.args[2])
     (rows, k), (experts, _, n) = xref.shape, wref.shape
     out = ctx.new_buffer(node, channels_last=False)
     parts = ctx.policy.num_tiles(2.0 * rows * k * n, max(1, n // MIN_COLUMNS_PER_TILE))
