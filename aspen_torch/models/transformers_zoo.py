@@ -39,6 +39,18 @@ class EncoderDecoder(nn.Module):
         return self.model(input_ids=ids, decoder_input_ids=ids[:, :7])[0]
 
 
+class VisionLanguage(nn.Module):
+    """A vision-language model's last hidden state: image features projected into the token
+    embeddings at the image-token positions, then the language model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, ids, pixels):
+        return self.model(input_ids=ids, pixel_values=pixels).last_hidden_state
+
+
 def _unit_scale(model: nn.Module) -> nn.Module:
     # transformers' CNN inits (std 0.02 weights, also on batch-norm scales, no fan-in
     # scaling) shrink activations to ~1e-40 after a few layers, where any tolerance passes.
@@ -69,6 +81,18 @@ def _images(size: int = 64) -> tuple:
 _LM = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=500)
 _VIT = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, image_size=32,
             patch_size=8)
+
+
+def _llava(T) -> tuple[nn.Module, tuple]:
+    vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    text = T.LlamaConfig(**_LM, num_key_value_heads=2)
+    config = T.LlavaConfig(vision_config=vision, text_config=text, image_token_index=499,
+                           vision_feature_layer=-2, vision_feature_select_strategy="full")
+    ids, = _tokens(batch=1, seq=30)
+    ids[ids == 499] = 2
+    ids[0, 2:19] = 499  # an image's 16 patches and its class token
+    return VisionLanguage(T.LlavaModel(config)), (ids, torch.randn(1, 3, 32, 32))
 
 
 def families() -> dict[str, Family]:
@@ -116,6 +140,7 @@ def families() -> dict[str, Family]:
         "mixtral": Family(lm(T.MixtralModel, T.MixtralConfig, num_key_value_heads=2, num_local_experts=4,
                              num_experts_per_tok=2, **_LM), True,
                           "mixture of experts: routing histogram, transformers' grouped mm of the experts"),
+        "llava": Family(lambda: _llava(T), True, "image features merged into the tokens (masked_scatter)"),
         "longformer": Family(lm(T.LongformerModel, T.LongformerConfig, attention_window=8, **_LM), True,
                              "sliding-window attention by overlapping chunks (as_strided of a permuted view)"),
         "bart": Family(lambda: (EncoderDecoder(T.BartModel(T.BartConfig(
