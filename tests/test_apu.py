@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._dispatch.python import enable_python_dispatcher
 from helpers import assert_matches_eager
 
 import aspen_torch
 from aspen_torch.apu.policy import TilePolicy, split_dims, split_range
 from aspen_torch.apu.rules.conv_pool import _band_rows
 from aspen_torch.apu.prepack import PackedWeights
+from aspen_torch.apu.tile_graph import Buffer, TensorRef, view_strides
 from aspen_torch.apu.window import Window, output_bands
 
 
@@ -74,6 +77,40 @@ def test_split_helpers():
     assert policy.num_tiles(50, 100) == 1
     assert policy.num_tiles(1e9, 100) == 8
     assert policy.num_tiles(1e9, 3) == 3
+
+
+def test_view_strides_follow_aten_even_under_the_python_dispatcher():
+    """A ref reshapes as a view exactly where eager's view would (random shapes, permutes and
+    narrows, dims of size 1, empty tensors). Hiera's attention merged dims across a gap beside
+    a dim of size 1: the meta view AOTAutograd's Python dispatcher runs accepted it, and the
+    plan failed on the real buffer."""
+    rng = random.Random(0)
+    for _ in range(3000):
+        tensor = torch.empty([rng.choice([0, 1, 1, 2, 3, 4] if rng.random() < 0.05 else [1, 1, 2, 3, 4])
+                              for _ in range(rng.randint(0, 4))])
+        if tensor.dim() >= 2:
+            tensor = tensor.permute(rng.sample(range(tensor.dim()), tensor.dim()))
+        if tensor.dim() and tensor.shape[0] > 1 and rng.random() < 0.3:
+            tensor = tensor.narrow(0, 1, tensor.shape[0] - 1)
+        shape = list(tensor.shape)
+        new_shape = rng.choice([[tensor.numel()], [1, tensor.numel(), 1],
+                                [shape[0] * shape[1]] + shape[2:] if len(shape) >= 2 else shape,
+                                shape[:1] + [1] + shape[1:]])
+        try:
+            expected = tensor.view(new_shape).stride()
+        except RuntimeError:
+            expected = None
+        strides = view_strides(tensor.shape, tensor.stride(), new_shape)
+        assert (strides is None) == (expected is None), (tensor.shape, tensor.stride(), new_shape)
+        if expected is not None:
+            assert all(a == b for a, b, n in zip(strides, expected, new_shape) if n != 1)
+
+    ref = TensorRef.of(Buffer("qkv", (512, 48), torch.float32)).reshaped((2, 16, 16, 3, 1, 16))
+    ref = ref.then("permute", (3, 0, 4, 2, 1, 5), (3, 2, 1, 16, 16, 16)).then("select", (0, 1), (2, 1, 16, 16, 16))
+    ref = ref.then("permute", (0, 1, 2, 4, 3), (2, 1, 16, 16, 16))
+    with enable_python_dispatcher():
+        assert ref.reshaped((32, 16, 16)) is None
+        assert ref.reshaped((2, 16, 16, 16)) is not None
 
 
 def test_conv_chain_edges_follow_receptive_fields():

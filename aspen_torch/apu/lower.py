@@ -30,6 +30,7 @@ from .tile_graph import (
     box_through_view,
     boxes_intersect,
     full_box,
+    view_strides,
 )
 
 
@@ -230,9 +231,7 @@ class LoweringContext:
         if math.prod(box_shape) != math.prod(stop - start for start, stop in tile.out.box):
             return None
         out_view = tile.out.ref.meta()[tuple(slice(start, stop) for start, stop in tile.out.box)]
-        try:
-            out_view.view(box_shape)
-        except RuntimeError:
+        if view_strides(out_view.shape, out_view.stride(), box_shape) is None:
             return None
         return Region(operand_ref, box)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -90,6 +91,33 @@ class ViewStep:
     op: str
     arg: tuple[int, ...]
     shape: tuple[int, ...]
+
+
+def view_strides(shape: Sequence[int], strides: Sequence[int], new_shape: Sequence[int]) -> Optional[list[int]]:
+    """The strides of a view of a tensor (shape, strides) as new_shape (same element count),
+    or None where no view exists; ATen's rule, computed here because a meta tensor's view
+    under the Python dispatcher that AOTAutograd leaves on while a backend compiles also
+    accepts views that merge dims across a gap beside a dim of size 1."""
+    if not shape:
+        return [1] * len(new_shape)
+    if math.prod(shape) == 0:
+        return list(torch.empty(new_shape, device="meta").stride())
+    new_strides = [0] * len(new_shape)
+    view_d = len(new_shape) - 1
+    base, tensor_numel, view_numel = strides[-1], 1, 1
+    for d in range(len(shape) - 1, -1, -1):
+        tensor_numel *= shape[d]
+        # A chunk of dims contiguous with each other ends here (dims of size 1 never break one).
+        if d == 0 or (shape[d - 1] != 1 and strides[d - 1] != tensor_numel * base):
+            while view_d >= 0 and (view_numel < tensor_numel or new_shape[view_d] == 1):
+                new_strides[view_d] = view_numel * base
+                view_numel *= new_shape[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if d > 0:
+                base, tensor_numel, view_numel = strides[d - 1], 1, 1
+    return new_strides if view_d == -1 else None
 
 
 def apply_view_steps(tensor: torch.Tensor, steps: Sequence[ViewStep]) -> torch.Tensor:
@@ -208,9 +236,8 @@ class TensorRef:
     def reshaped(self, shape: Sequence[int]) -> Optional["TensorRef"]:
         """This ref reshaped to `shape` as a zero-copy view, or None if no such view exists."""
         shape = tuple(shape)
-        try:
-            self.meta().view(shape)
-        except (RuntimeError, ValueError):  # meta tensors raise ValueError for an impossible view
+        meta = self.meta()
+        if math.prod(shape) != meta.numel() or view_strides(meta.shape, meta.stride(), shape) is None:
             return None
         return self.then("view", shape, shape)
 

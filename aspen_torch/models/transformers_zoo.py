@@ -170,6 +170,10 @@ def families() -> dict[str, Family]:
         "segformer": Family(cnn(T.SegformerModel, T.SegformerConfig, num_encoder_blocks=2, depths=[1, 1],
                                 sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
                                 strides=[4, 2], patch_sizes=[7, 3], mlp_ratios=[2, 2]), True),
+        "hiera": Family(cnn(T.HieraModel, T.HieraConfig, image_size=[64, 64], embed_dim=16, num_heads=[1, 2],
+                            depths=[1, 1], embed_dim_multiplier=2.0, num_query_pool=1, query_stride=[2, 2],
+                            masked_unit_size=[4, 4], patch_stride=[4, 4]), True,
+                        "mask-unit attention (views that merge dims beside a dim of size 1)"),
         "swin": Family(cnn(T.SwinModel, T.SwinConfig, size=32, image_size=32, patch_size=4, embed_dim=16,
                            depths=[1, 1], num_heads=[2, 2], window_size=4), True, "strided slices (patch merging)"),
         "whisper-encoder": Family(lambda: (FirstOutput(T.WhisperModel(T.WhisperConfig(
