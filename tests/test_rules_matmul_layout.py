@@ -312,10 +312,12 @@ def test_as_strided_views_of_the_input_storage_are_copied():
     lambda y: torch.as_strided(y[:, :3], (2, 3), (4, 1)),  # an input with gaps in its storage
     lambda y: torch.as_strided(y[:2], (3, 4), (4, 1)),  # past the input's last element
     lambda y: torch.as_strided(y[1:], (2, 2), (4, 1), 0),  # before the input's first element
+    lambda y: torch.as_strided(y.split(2)[1], (2, 2), (4, 1), 0),  # before a split piece
 ])
 def test_as_strided_outside_its_input_runs_in_eager(view):
     """Elements outside the input (gaps of a sliced view, before or past its span) are not
-    the input's: strict mode names the op; otherwise it runs in eager between partitions."""
+    the input's: strict mode names the op; otherwise it runs in eager between partitions,
+    with the views (also a split) between it and the tensor whose storage it reads."""
     class Model(nn.Module):
         def forward(self, x):
             return view(torch.relu(x) + 1) * 2
