@@ -39,16 +39,16 @@ class EncoderDecoder(nn.Module):
         return self.model(input_ids=ids, decoder_input_ids=ids[:, :7])[0]
 
 
-class VisionLanguage(nn.Module):
-    """A vision-language model's last hidden state: image features projected into the token
-    embeddings at the image-token positions, then the language model."""
+class LastHiddenState(nn.Module):
+    """The model's last hidden state, for models whose first output is something else (a
+    detector's reference points, which depend on the weights alone)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.eval()
 
-    def forward(self, ids, pixels):
-        return self.model(input_ids=ids, pixel_values=pixels).last_hidden_state
+    def forward(self, *inputs):
+        return self.model(*inputs).last_hidden_state
 
 
 def _unit_scale(model: nn.Module) -> nn.Module:
@@ -92,7 +92,18 @@ def _llava(T) -> tuple[nn.Module, tuple]:
     ids, = _tokens(batch=1, seq=30)
     ids[ids == 499] = 2
     ids[0, 2:19] = 499  # an image's 16 patches and its class token
-    return VisionLanguage(T.LlavaModel(config)), (ids, torch.randn(1, 3, 32, 32))
+    return LastHiddenState(T.LlavaModel(config)), (ids, torch.randn(1, 3, 32, 32))
+
+
+def _deformable_detr(T) -> tuple[nn.Module, tuple]:
+    backbone = T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                              out_features=["stage2", "stage3", "stage4"])
+    config = T.DeformableDetrConfig(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, encoder_n_points=2, decoder_n_points=2,
+        num_feature_levels=3)
+    return LastHiddenState(_unit_scale(T.DeformableDetrModel(config))), (torch.randn(1, 3, 64, 64),)
 
 
 def families() -> dict[str, Family]:
@@ -140,6 +151,8 @@ def families() -> dict[str, Family]:
         "mixtral": Family(lm(T.MixtralModel, T.MixtralConfig, num_key_value_heads=2, num_local_experts=4,
                              num_experts_per_tok=2, **_LM), True,
                           "mixture of experts: routing histogram, transformers' grouped mm of the experts"),
+        "deformable-detr": Family(lambda: _deformable_detr(T), True,
+                                  "ResNet backbone, multi-scale deformable attention (grid sampling)"),
         "llava": Family(lambda: _llava(T), True, "image features merged into the tokens (masked_scatter)"),
         "longformer": Family(lm(T.LongformerModel, T.LongformerConfig, attention_window=8, **_LM), True,
                              "sliding-window attention by overlapping chunks (as_strided of a permuted view)"),
