@@ -20,7 +20,11 @@ def full_box(shape: Sequence[int]) -> Box:
 
 
 def boxes_intersect(a: Box, b: Box) -> bool:
-    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
+    # A plain loop: called per (read region, writer) pair while lowering, 2-3x faster than all() of a generator.
+    for (a0, a1), (b0, b1) in zip(a, b):
+        if a0 >= b1 or b0 >= a1:
+            return False
+    return True
 
 
 class TileKind(enum.IntEnum):
