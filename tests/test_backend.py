@@ -1,6 +1,7 @@
-"""The backend as users reach it: the entry point, the GIL, weight prepacking."""
+"""The backend as users reach it: the entry point, the GIL, the garbage collector, weight prepacking."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -53,6 +54,31 @@ def test_gil_is_released_while_the_runtime_runs():
         thread.join()
     during = [t for t in ticks if start < t < end]
     assert len(during) >= 3, "another Python thread kept running during an aspen call"
+
+
+@pytest.mark.parametrize("frozen_by_the_caller", [False, True])
+def test_compile_leaves_the_garbage_collector_as_it_found_it(frozen_by_the_caller):
+    """Older objects sit in the permanent generation only while aspen compiles (its
+    collections then skip dynamo's heap); a caller's own freeze is left alone; and garbage
+    from before the compile is still collected after it."""
+    class Node:
+        def __init__(self):
+            self.me = self  # a reference cycle: only the collector frees it
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
+    gc.collect()
+    if frozen_by_the_caller:
+        gc.freeze()
+    try:
+        Node()
+        with torch.no_grad():
+            compile_strict(model)(torch.randn(1, 3, 8, 8))
+        assert (gc.get_freeze_count() > 0) == frozen_by_the_caller
+        if not frozen_by_the_caller:
+            gc.collect()
+            assert not [o for o in gc.get_objects() if isinstance(o, Node)]
+    finally:
+        gc.unfreeze()
 
 
 def _convs_and_linears():
