@@ -16,7 +16,7 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from .apu.lower import PartitionInput, RuntimeInput
-from .apu.registry import RULES, is_foldable, op_name
+from .apu.registry import GETITEM_OF_AN_EAGER_OP, RULES, is_foldable, op_name
 from .capture import CapturedGraph
 from .errors import AspenUnsupportedError
 
@@ -101,7 +101,7 @@ def _keep_storage_for_eager_as_strided(gm: fx.GraphModule, reasons: dict[fx.Node
             source = source.args[0]
     for node in gm.graph.nodes:  # the other pieces of a split now run in eager
         if node.target is operator.getitem and reasons.get(node.args[0]) is not None:
-            reasons[node] = reasons[node] or "getitem of an op aspen does not run"
+            reasons[node] = reasons[node] or GETITEM_OF_AN_EAGER_OP
 
 
 def partition(captured: CapturedGraph, strict: bool) -> PartitionedGraph:

@@ -16,6 +16,9 @@ import torch.fx as fx
 if TYPE_CHECKING:
     from .lower import LoweringContext
 
+# Why a getitem runs in eager: the op returning its tuple does (also after partition.py moves one there).
+GETITEM_OF_AN_EAGER_OP = "getitem of an op aspen does not run"
+
 # Dtypes a partition may carry; rules with float32 kernels narrow this with `float32_only`.
 SUPPORTED_DTYPES = (torch.float32, torch.int64, torch.int32, torch.bool)
 
@@ -108,7 +111,7 @@ class RuleRegistry:
         if node.target is operator.getitem:
             src = node.args[0]
             return None if isinstance(src, fx.Node) and self.unsupported_reason(src, is_frozen) is None \
-                else "getitem of an op aspen does not run"
+                else GETITEM_OF_AN_EAGER_OP
         rule = self.find(node.target)
         if rule is None:
             return "no APU rule for this op"

@@ -74,14 +74,21 @@ def lower_expand(node, ctx):
     return ctx.expand_to(ctx.ref(node.args[0]), node_meta(node).shape)
 
 
+def _as_strided_args(node: fx.Node) -> tuple[torch.Tensor, list[int], list[int], int]:
+    """The input's meta, the sizes and strides, and the storage offset (the input's own when
+    the call gives none)."""
+    source = node_meta(node.args[0])
+    _, size, stride, offset = schema_args(node)
+    return source, list(size), list(stride), source.storage_offset() if offset is None else offset
+
+
 def _restrides_unit_dims_only(node: fx.Node) -> bool:
     """as_strided from decompositions that give a result eager's strides (a channels-last
     pooled [N, C, 1, 1], whose unit dims take any stride): sizes, offset and the strides of
     every dim longer than 1 are the input's own, so each element is the input's element at
     the same index, whatever layout aspen gives the buffer."""
-    source = node_meta(node.args[0])
-    _, size, stride, offset = schema_args(node)
-    return tuple(size) == tuple(source.shape) and (offset is None or offset == source.storage_offset()) \
+    source, size, stride, start = _as_strided_args(node)
+    return tuple(size) == tuple(source.shape) and start == source.storage_offset() \
         and all(n == 1 or a == b for n, a, b in zip(size, stride, source.stride()))
 
 
@@ -101,9 +108,7 @@ def _storage_order(source: torch.Tensor) -> Optional[list[int]]:
 def _check_as_strided(node: fx.Node, is_frozen):
     if _restrides_unit_dims_only(node):
         return None
-    source = node_meta(node.args[0])
-    _, size, stride, offset = schema_args(node)
-    start = source.storage_offset() if offset is None else offset
+    source, size, stride, start = _as_strided_args(node)
     last = start + sum((n - 1) * s for n, s in zip(size, stride))
     if _storage_order(source) is None or start < source.storage_offset() \
             or (0 not in size and last >= source.storage_offset() + source.numel()):
@@ -119,9 +124,8 @@ def lower_as_strided(node, ctx):
     strides from its own start (as_strided's default offset is the viewed tensor's)."""
     if _restrides_unit_dims_only(node):
         return lower_same_value(node, ctx)
-    source = node_meta(node.args[0])
-    _, size, stride, offset = schema_args(node)
-    base = (source.storage_offset() if offset is None else offset) - source.storage_offset()
+    source, _, stride, offset = _as_strided_args(node)
+    base = offset - source.storage_offset()
     order = _storage_order(source)
     ordered = ctx.ref(node.args[0]).then("permute", tuple(order), tuple(source.shape[d] for d in order))
     flat = ordered.reshaped((source.numel(),)) or copy_to_new_buffer(ctx, ordered, (source.numel(),),
@@ -131,7 +135,7 @@ def lower_as_strided(node, ctx):
         first = base + sum(start * s for (start, _), s in zip(box, stride))
         last = base + sum((stop - 1) * s for (_, stop), s in zip(box, stride))
         span = Region(flat, ((first, max(first, last + 1)),))
-        call = AtenCall(node.target, (span, [stop - start for start, stop in box], list(stride), None))
+        call = AtenCall(node.target, (span, [stop - start for start, stop in box], stride, None))
         ctx.add_tile(Tile(TileKind.ATEN_OP, Region(out, box), [span], (), [], str(node.target), node.name, call),
                      fusible_for=node)
     return out

@@ -156,14 +156,14 @@ def lower_trilinear(node: fx.Node, ctx: LoweringContext):
     rank = node_meta(inputs[0]).dim() + len(expands[0])
     kept = [d for d in range(rank) if d not in summed]
     shape = tuple(node_meta(node).shape)
+    own_dims = [[d for d in range(rank) if d not in expand] for expand in expands]
     space = [1] * rank  # the shared space's sizes, for the tile cost
-    for i, expand in zip(inputs, expands):
-        for d, size in zip((d for d in range(rank) if d not in expand), node_meta(i).shape):
+    for i, dims in zip(inputs, own_dims):
+        for d, size in zip(dims, node_meta(i).shape):
             space[d] = max(space[d], size)
     numel = max(1, node_meta(node).numel())
     parts = ctx.policy.num_tiles(2.0 * torch.Size(space).numel(), numel)
     boxes = split_dims(shape, tuple(range(len(shape))), parts)
-    own_dims = [[d for d in range(rank) if d not in expand] for expand in expands]
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
         at = dict(zip(kept, box))
