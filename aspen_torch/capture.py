@@ -158,6 +158,12 @@ def _mutated_inputs() -> set[int]:
     return {i for i, info in enumerate(metadata.input_info) if info.mutates_data or info.mutates_metadata}
 
 
+def _effect_tokens() -> int:
+    context = torch._guards.TracingContext.try_get()
+    metadata = context.fw_metadata if context is not None else None
+    return len(metadata.tokens) if metadata is not None else 0
+
+
 def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
             compile_captured: Callable[[CapturedGraph], Callable], policy: RecompilePolicy) -> Callable:
     """Runs AOTAutograd's inference path and hands the aten graph to `compile_captured`.
@@ -170,14 +176,17 @@ def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], froz
     frozen_flags = [True] * len(lifted) + list(frozen_inputs)
 
     def inference_compiler(aten_graph: fx.GraphModule, _fake_inputs: list) -> Callable:
+        # Side-effecting ops (linalg's error checks) are threaded by effect tokens: one more
+        # graph input each, ahead of the others, which AOTAutograd passes as None.
+        tokens = _effect_tokens()
         count = sum(1 for n in aten_graph.graph.nodes if n.op == "placeholder")
-        if count != len(flat):
+        if count != tokens + len(flat):
             raise AspenError(f"aspen: AOTAutograd produced {count} graph inputs for {len(flat)} inputs "
-                             "(input mutation or tensor subclass?)")
+                             f"and {tokens} effect token(s) (input mutation or tensor subclass?)")
         mutated = _mutated_inputs()
-        positions = [i for i, (t, f) in enumerate(zip(flat, frozen_flags))
+        positions = [tokens + i for i, (t, f) in enumerate(zip(flat, frozen_flags))
                      if f and isinstance(t, torch.Tensor) and i not in mutated]
-        return FrozenInputsGuard(aten_graph, positions, [flat[i] for i in positions], compile_captured, policy)
+        return FrozenInputsGuard(aten_graph, positions, [flat[i - tokens] for i in positions], compile_captured, policy)
 
     def training_compiler(_graph: fx.GraphModule, _inputs: list) -> Callable:
         raise AspenError("aspen compiles inference graphs only")

@@ -49,6 +49,29 @@ def test_strict_lists_every_unsupported_op_with_its_source_line():
     assert all("test_partition.py" in where for _, _, where in error.unsupported)
 
 
+def test_side_effecting_ops_keep_their_effect_token_and_run_in_eager():
+    """linalg.inv checks for singular input through an effectful op: AOTAutograd threads it
+    with an effect token, one more graph input ahead of the frozen weights."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(torch.linalg.inv(torch.relu(x)) + self.a(x))
+
+    model = Model().eval()
+    x = torch.randn(3, 4, 4).abs() + torch.eye(4)
+    compiled = torch.compile(model, backend="aspen")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        with pytest.raises(torch.linalg.LinAlgError, match="singular"):
+            compiled(-x.abs())
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        with pytest.raises(Exception, match="side effect of aten._linalg_check_errors"):
+            compile_strict(model)(x)
+
+
 def test_tensor_literals_are_frozen_constants():
     """A torch.tensor(...) literal in forward (GPT-2, LLaMA) reaches the aten graph as a
     lifted constant behind lift_fresh_copy: folded at compile time, not passed per call."""

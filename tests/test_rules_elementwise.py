@@ -149,3 +149,14 @@ def test_python_numbers_where_the_schema_says_tensor_promote_as_in_eager():
             return (mask + 3) * mask, mask * 1.5
 
     assert_matches_eager(Model(), torch.randint(0, 4, (3, 17)))  # assert_close compares dtypes too
+
+
+def test_pointwise_op_with_two_outputs():
+    """frexp's mantissa and exponent: one set of tiles per output, over the same boxes."""
+    class Model(nn.Module):
+        def forward(self, x):
+            mantissa, exponent = torch.frexp(x * 3)
+            return mantissa + 1, exponent
+
+    report = assert_matches_eager(Model(), torch.randn(6, 40), options={"min_tile_flops": 1, "tiles_per_dse": 2})
+    assert report.tiles_per_op["aten.frexp.Tensor"] >= 4

@@ -97,12 +97,14 @@ def test_masks_of_other_dtypes():
     lambda x: torch.var_mean(x, -1), lambda x: torch.std_mean(x, (0, 2), correction=0, keepdim=True),
     lambda x: (x > 0).any(), lambda x: (x > -3).all(), lambda x: (x > -1).all((0, 2)), lambda x: x.sum(),
     lambda x: x.prod(), lambda x: x.nansum(-1), lambda x: torch.count_nonzero(x > 0),
-    lambda x: torch.count_nonzero(x > 0, (0, 2)), lambda x: torch.trace(x[1]), lambda x: torch.histc(x, 7, -1, 1)])
+    lambda x: torch.count_nonzero(x > 0, (0, 2)), lambda x: torch.trace(x[1]), lambda x: torch.histc(x, 7, -1, 1),
+    lambda x: x.sum(-1, dtype=torch.float32), lambda x: (x > 0).sum(1, dtype=torch.int32)])
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_reductions(reduce, with_nan):
     """Mask plumbing and pooling (CLIP's text model picks its pooled token by argmax),
     max / min / median / kthvalue / mode with their indices (mode with ties), norms,
-    variances and var_mean / std_mean's two statistics; NaN propagates (or, for nanmedian, is skipped) as in eager."""
+    variances and var_mean / std_mean's two statistics, sums with a result dtype; NaN
+    propagates (or, for nanmedian, is skipped) as in eager."""
     class Model(nn.Module):
         def forward(self, x):
             return reduce(x * 2)
@@ -112,6 +114,20 @@ def test_reductions(reduce, with_nan):
         x[2, 3, 4] = float("nan")
     report = assert_matches_eager(Model(), x, options={"min_tile_flops": 1})
     assert report.num_tiles > 1
+
+
+@pytest.mark.parametrize("op", [
+    lambda x: x.softmax(0), lambda x: x.log_softmax(-1), lambda x: torch.ops.aten._safe_softmax(x, 0),
+    lambda x: x.mean(0), lambda x: x.mean(-1, keepdim=True), lambda x: x.sum(0), lambda x: x.amax(-1),
+    lambda x: x.var(0, correction=0), lambda x: x.cumsum(0), lambda x: x.sort(-1), lambda x: x.max(0),
+    lambda x: x.flip(0), lambda x: x.index_select(0, torch.zeros(1, dtype=torch.long))])
+def test_dims_of_a_0d_tensor(op):
+    """A 0-d tensor takes dim 0 and -1 as if it had one dim (a scalar loss or score)."""
+    class Model(nn.Module):
+        def forward(self, x):
+            return op(x * 2)
+
+    assert_matches_eager(Model(), torch.tensor(-1.5))
 
 
 def test_histogram_over_the_data_range():

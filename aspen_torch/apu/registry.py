@@ -112,6 +112,8 @@ class RuleRegistry:
             src = node.args[0]
             return None if isinstance(src, fx.Node) and self.unsupported_reason(src, is_frozen) is None \
                 else GETITEM_OF_AN_EAGER_OP
+        if node.target is torch.ops.higher_order.with_effects:
+            return f"side effect of {node.args[1]}, kept in order by an effect token"
         rule = self.find(node.target)
         if rule is None:
             return "no APU rule for this op"

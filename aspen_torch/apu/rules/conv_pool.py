@@ -14,7 +14,7 @@ from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
-from .generic import aten_tiles, lower_whole_along, named_schema_args
+from .generic import aten_tiles, lower_whole_along, named_schema_args, reduced_dims
 from .norm import absorb_batch_norm
 
 aten = torch.ops.aten
@@ -326,7 +326,7 @@ def lower_avg_pool2d(node: fx.Node, ctx: LoweringContext):
 def _lower_mean(node: fx.Node, ctx: LoweringContext, x, dims: list[int], keepdim: bool):
     xref = ctx.ref(x)
     rank = len(xref.shape)
-    dims = sorted(d % rank for d in dims)
+    dims = reduced_dims(dims, rank)
     kept = [d for d in range(rank) if d not in dims]
     out = ctx.new_buffer(node)
     # Memory-bound; cut along a kept batch dim, each image's mean runs right after its last

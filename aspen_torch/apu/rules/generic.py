@@ -87,6 +87,17 @@ def aten_tiles_for_outputs(node: fx.Node, ctx: LoweringContext, boxes_of: Callab
     return tuple(outs) if isinstance(node.meta["val"], (tuple, list)) else outs[0]
 
 
+def wrap_dim(dim: int, rank: int) -> int:
+    """`dim` wrapped as ATen wraps it: a 0-d tensor takes dim 0 or -1 as if it had one dim."""
+    return dim % max(1, rank)
+
+
+def reduced_dims(dims: Sequence[int], rank: int) -> list[int]:
+    """A reduction's dims wrapped and sorted; none for a 0-d tensor (whose dim 0 or -1
+    names no dim to reduce)."""
+    return sorted(wrap_dim(d, rank) for d in dims) if rank else []
+
+
 def _parts(ctx: LoweringContext, node: fx.Node, cost: float, max_parts: int) -> int:
     return ctx.policy.num_tiles(cost, max(1, max_parts))
 
@@ -98,9 +109,11 @@ def elementwise_boxes(node: fx.Node, ctx: LoweringContext) -> list[Box]:
     return split_dims(shape, tuple(range(len(shape))), _parts(ctx, node, numel * MEMORY_BOUND_FLOPS_PER_ELEMENT, numel))
 
 
-def lower_elementwise(node: fx.Node, ctx: LoweringContext) -> TensorRef:
-    out = ctx.new_buffer(node, channels_last=False)
-    return aten_tiles(node, ctx, out, elementwise_boxes(node, ctx), lambda i, ref, box: broadcast_box(box, ref.shape))
+def lower_elementwise(node: fx.Node, ctx: LoweringContext) -> Value:
+    """Tiles over any dims; an op with several outputs of one shape (frexp's mantissa and
+    exponent) gets a set of tiles per output."""
+    boxes = elementwise_boxes(node, ctx)
+    return aten_tiles_for_outputs(node, ctx, lambda out: boxes, lambda i, ref, box: broadcast_box(box, ref.shape))
 
 
 @RULES.register_tag(torch.Tag.pointwise)
@@ -154,7 +167,7 @@ def _check_softmax(node, is_frozen):
 
 @RULES.register(aten._softmax.default, aten._log_softmax.default, check=_check_softmax)
 def lower_softmax(node, ctx):
-    dim = node.args[1] % node_meta(node).dim()
+    dim = wrap_dim(node.args[1], node_meta(node).dim())
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
 
 
@@ -165,9 +178,12 @@ def _check_safe_softmax(node, is_frozen):
 
 @RULES.register(aten._safe_softmax.default, check=_check_safe_softmax)
 def lower_safe_softmax(node, ctx):
-    """One pass instead of its five-op decomposition (see csrc/kernels_softmax.cpp)."""
+    """One pass instead of its five-op decomposition (see csrc/kernels_softmax.cpp), whose
+    kernel takes rows; a 0-d tensor has none and runs ATen's."""
     xref = ctx.ref(node.args[0])
-    dim = node.args[1] % len(xref.shape)
+    if not xref.shape:
+        return lower_rowwise(node, ctx, (), {0: "rows"})
+    dim = wrap_dim(node.args[1], len(xref.shape))
     out = ctx.new_buffer(node, channels_last=False)
     for box in row_blocks(node, ctx, out.shape, (dim,)):
         tile = Tile(TileKind.SAFE_SOFTMAX, Region(out, box), [Region(xref, box)], (dim,), [], str(node.target),
@@ -194,8 +210,8 @@ def lower_whole_along(node: fx.Node, ctx: LoweringContext, whole: Sequence[int])
 
 @RULES.register(aten.flip.default)
 def lower_flip(node, ctx):
-    rank = max(1, node_meta(node).dim())
-    return lower_whole_along(node, ctx, tuple(d % rank for d in named_schema_args(node)["dims"]))
+    rank = node_meta(node).dim()
+    return lower_whole_along(node, ctx, tuple(wrap_dim(d, rank) for d in named_schema_args(node)["dims"]))
 
 
 @RULES.register(aten.repeat.default)
@@ -208,7 +224,7 @@ def lower_repeat(node, ctx):
 
 @RULES.register(aten.cumsum.default, aten.cumprod.default, aten.logcumsumexp.default)
 def lower_scan(node, ctx):
-    dim = node.args[1] % max(1, node_meta(node).dim())
+    dim = wrap_dim(node.args[1], node_meta(node).dim())
     return lower_rowwise(node, ctx, (dim,), {0: "rows"})
 
 
@@ -227,10 +243,6 @@ def lower_bmm(node, ctx):
     return aten_tiles(node, ctx, out, boxes, region)
 
 
-def _check_reduction(node, is_frozen):
-    return "reduction with dtype=" if node.kwargs.get("dtype") is not None else None
-
-
 @RULES.register(aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.argmax.default, aten.argmin.default,
                 aten.any.dim, aten.any.dims, aten.all.dim, aten.linalg_vector_norm.default, aten.var.correction,
                 aten.std.correction, aten.logsumexp.default, aten.prod.dim_int, aten.max.default, aten.min.default,
@@ -238,8 +250,7 @@ def _check_reduction(node, is_frozen):
                 aten.nanmedian.dim, aten.kthvalue.default, aten.mode.default, aten.var_mean.correction,
                 aten.std_mean.correction, aten.any.default, aten.all.default, aten.all.dims, aten.sum.default,
                 aten.prod.default, aten.nansum.default, aten.count_nonzero.default, aten.count_nonzero.dim_IntList,
-                aten.trace.default,
-                check=_check_reduction)
+                aten.trace.default)
 def lower_reduction(node, ctx):
     """Tiles over the kept dims; each tile reads its slice of the input whole along the
     reduced dims (the schema's `dim`; none or an empty list is every dim). Ops returning
@@ -250,7 +261,7 @@ def lower_reduction(node, ctx):
     args = named_schema_args(node)
     dims = args.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or range(rank))
-    dims = sorted(d % rank for d in dims) if rank else []
+    dims = reduced_dims(dims, rank)
     keepdim = bool(args.get("keepdim", False))
     kept = [d for d in range(rank) if d not in dims]
     out_kept = tuple(kept) if keepdim else tuple(range(len(kept)))
@@ -268,7 +279,7 @@ def lower_reduction(node, ctx):
 def lower_sorting(node, ctx):
     """Sorting and running max/min: row blocks spanning the dim; the values and the indices
     each by their own tiles. Any dtype: the op's own kernel runs."""
-    return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node.args[0]).dim()),))
+    return lower_whole_along(node, ctx, (wrap_dim(named_schema_args(node)["dim"], node_meta(node.args[0]).dim()),))
 
 
 @RULES.register(aten.index.Tensor, aten.full_like.default, aten.histc.default, aten.masked_scatter.default)

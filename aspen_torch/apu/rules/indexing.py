@@ -28,6 +28,7 @@ from .generic import (
     named_schema_args,
     row_blocks,
     schema_args,
+    wrap_dim,
 )
 
 aten = torch.ops.aten
@@ -113,14 +114,14 @@ def lower_embedding_bag(node, ctx):
 
 @RULES.register(aten.index_select.default)
 def lower_index_select(node, ctx):
-    return lower_whole_along(node, ctx, (named_schema_args(node)["dim"] % max(1, node_meta(node).dim()),))
+    return lower_whole_along(node, ctx, (wrap_dim(named_schema_args(node)["dim"], node_meta(node).dim()),))
 
 
 @RULES.register(aten.gather.default, check=lambda node, is_frozen: "sparse_grad" if schema_args(node)[3] else None)
 def lower_gather(node, ctx):
     """out[..., i, ...] = self[..., index[..., i, ...], ...] along dim: a tile reads its
     rows of the index and its rows of self whole along dim (self may be larger there)."""
-    dim = node.args[1] % max(1, node_meta(node).dim())
+    dim = wrap_dim(node.args[1], node_meta(node).dim())
     out = ctx.new_buffer(node, channels_last=False)
     boxes = row_blocks(node, ctx, out.shape, (dim,))
 
@@ -143,7 +144,7 @@ def lower_scatter(node, ctx):
     args = named_schema_args(node)
     shape = tuple(node_meta(node).shape)
     index_shape = tuple(node_meta(args["index"]).shape)
-    dim = args["dim"] % max(1, len(shape))
+    dim = wrap_dim(args["dim"], len(shape))
     out = ctx.new_buffer(node, channels_last=False)
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:

@@ -11,7 +11,7 @@ from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
 from ..registry import RULES
 from ..tile_graph import AtenCall, Box, Buffer, Region, TensorRef, Tile, TileKind, full_box
-from .generic import aten_tiles, elementwise_boxes, named_schema_args, row_blocks, schema_args
+from .generic import aten_tiles, elementwise_boxes, named_schema_args, row_blocks, schema_args, wrap_dim
 
 aten = torch.ops.aten
 
@@ -208,7 +208,7 @@ def lower_slice_scatter(node, ctx):
     circular padding): tiles over the other dims, each whole along dim, reading its box of
     self and of src."""
     out = ctx.new_buffer(node, channels_last=False)
-    dim = named_schema_args(node)["dim"] % max(1, len(out.shape))
+    dim = wrap_dim(named_schema_args(node)["dim"], len(out.shape))
     boxes = row_blocks(node, ctx, out.shape, (dim,))
 
     def region(i: int, ref: TensorRef, box: Box) -> Box:
