@@ -16,6 +16,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from . import _C
 from .apu.registry import RULES
+from .decompositions import extra_decompositions
 from .errors import AspenError
 from .fast_paths import FAST_PATH_DECOMPOSITIONS
 from .recompile import LruPlans, RecompilePolicy
@@ -32,7 +33,8 @@ class CapturedGraph:
 
 def decomposition_table() -> dict:
     """Core ATen decompositions, minus the ops aspen tiles natively, plus PyTorch's fused
-    inference fast paths taken apart (fast_paths.py)."""
+    inference fast paths taken apart (fast_paths.py) and more of torch's decompositions
+    (decompositions.py)."""
     return _decompositions_except(RULES.tiled_ops())
 
 
@@ -41,7 +43,7 @@ def _decompositions_except(tiled: frozenset) -> dict:
     # Once per process (per rule set): torch's table materializes ~950 decompositions on
     # every .items(), ~0.05-0.1 s of each graph's compile.
     core = {op: fn for op, fn in core_aten_decompositions().items() if op not in tiled}
-    return {**core, **FAST_PATH_DECOMPOSITIONS}
+    return {**core, **extra_decompositions(), **FAST_PATH_DECOMPOSITIONS}
 
 
 def parameter_or_buffer_inputs(graph_module: fx.GraphModule, example_inputs: Sequence[object]) -> list[bool]:

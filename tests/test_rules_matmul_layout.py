@@ -250,6 +250,22 @@ def test_mm_of_two_activations():
     assert_matches_eager(Model(), torch.randn(37, 19), torch.randn(19, 23))
 
 
+def test_products_outside_addmms_rule_and_copies_of_views_are_decomposed():
+    """addmm with alpha / beta or a 2-d bias (beta = 0 ignores a NaN bias), addmv, dist and
+    the functional copies of views reach the partitioner as ops aspen tiles
+    (decompositions.py); a linear layer's addmm stays addmm."""
+    class Model(nn.Module):
+        def forward(self, bias, a, b, bias2, v):
+            return (torch.addmm(bias, a, b, beta=0.5, alpha=2), torch.addmm(bias2, a, b),
+                    torch.addmm(bias2 * float("nan"), a, b, beta=0), torch.addmm(bias, a * 3, b),
+                    torch.addmv(bias2[:, 0], a, v, alpha=-1), torch.dist(a, a.flip(0), 3),
+                    torch.permute_copy(a * 2, (1, 0)), torch.ops.aten.view_copy(b + 1, (-1,)))
+
+    report = assert_matches_eager(Model(), torch.randn(23), torch.randn(37, 19), torch.randn(19, 23),
+                                  torch.randn(37, 23), torch.randn(19))
+    assert report.tiles_per_op["aten.addmm.default"] >= 1 and report.tiles_per_op["aten.mm.default"] >= 3
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 4, 9)])
 def test_standalone_batch_norm(shape):
     bn = nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1])

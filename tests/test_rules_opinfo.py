@@ -38,13 +38,10 @@ MAY_RUN_IN_EAGER = frozenset({
     # matrix decompositions and solvers outside torch.linalg
     "cholesky", "cholesky_inverse", "cholesky_solve", "geqrf", "logdet", "lu", "lu_solve", "lu_unpack",
     "matrix_exp", "ormqr", "pinverse", "qr", "svd", "triangular_solve", "norm.nuc",
-    # products aspen tiles only in their plain form (addmm: 1-d bias, alpha = beta = 1)
-    "addbmm", "addmm", "addmm.decomposed", "addmv",
-    # functional copies of views, unfold of a 0-d tensor, and other ops without a rule
-    "as_strided.partial_views", "as_strided_copy", "as_strided_scatter", "diagonal_scatter", "narrow_copy", "permute_copy", "unbind_copy",
-    "unfold_copy", "view_copy", "unfold", "_segment_reduce.lengths", "_segment_reduce.offsets", "dist",
-    "grid_sampler_3d", "hash_tensor", "histogram", "histogramdd", "index_reduce.amax", "index_reduce.amin",
-    "index_reduce.mean", "index_reduce.prod", "max_pool2d_with_indices_backward", "nn.functional.pdist",
+    # ops without a rule (unfold: of a 0-d tensor; as_strided: reading outside its input)
+    "addbmm", "as_strided.partial_views", "as_strided_scatter", "diagonal_scatter", "unfold",
+    "unfold_copy", "_segment_reduce.lengths", "_segment_reduce.offsets", "grid_sampler_3d", "hash_tensor",
+    "histogram", "histogramdd", "index_reduce.amax", "index_reduce.amin", "index_reduce.mean", "index_reduce.prod", "max_pool2d_with_indices_backward", "nn.functional.pdist",
     "nn.functional.linear_cross_entropy.chunked", "nn.functional.linear_cross_entropy.chunked_none",
     "nonzero_static", "put", "repeat_interleave",
 })

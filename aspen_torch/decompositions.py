@@ -1,0 +1,31 @@
+"""Ops without an APU rule that torch decomposes into ops with one, beyond core ATen's
+decompositions: AOTAutograd applies them while it traces (capture.decomposition_table), so
+these ops are tiled instead of run in eager."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch._decomp import get_decompositions
+
+aten = torch.ops.aten
+
+# Functional copies of views become the view and a copy; the others their arithmetic.
+_TORCH_DECOMPOSED = [
+    aten.addmv, aten.dist, aten.as_strided_copy, aten.expand_copy, aten.narrow_copy, aten.permute_copy,
+    aten.squeeze_copy, aten.t_copy, aten.unbind_copy, aten.unfold_copy, aten.view_copy,
+]
+_TORCH_ADDMM = get_decompositions([aten.addmm.default])[aten.addmm.default]
+
+
+def _addmm_outside_its_rule(bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *,
+                            beta: float = 1, alpha: float = 1):
+    """addmm with alpha or beta other than 1, or a 2-d bias, as mm, scaling and add; the form
+    matmul.py's rule tiles (a linear layer's) stays addmm (NotImplemented: no decomposition)."""
+    if beta == 1 and alpha == 1 and bias.dim() <= 1:
+        return NotImplemented
+    return _TORCH_ADDMM(bias, mat1, mat2, beta=beta, alpha=alpha)
+
+
+def extra_decompositions() -> dict[torch._ops.OpOverload, Callable]:
+    return {**get_decompositions(_TORCH_DECOMPOSED), aten.addmm.default: _addmm_outside_its_rule}
