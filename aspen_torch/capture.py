@@ -1,6 +1,7 @@
 """Capture: dynamo graph -> aten inference graph (AOTAutograd) with its frozen inputs identified."""
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -9,12 +10,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch._decomp import core_aten_decompositions
 from torch._dynamo.source import is_from_unspecialized_param_buffer_source
+from torch._functorch._aot_autograd.schemas import OutputType
 from torch._functorch.aot_autograd import aot_module_simplified
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import _C
+from .apu.lower import EAGER_STRIDE
 from .apu.registry import RULES
 from .decompositions import extra_decompositions
 from .errors import AspenError
@@ -149,21 +154,64 @@ class FrozenInputsGuard:
         return fn(*args)
 
 
-def _mutated_inputs() -> set[int]:
+def _forward_metadata() -> Optional[Any]:
+    """AOTAutograd's ViewAndMutationMeta of the graph being compiled."""
+    context = torch._guards.TracingContext.try_get()
+    return context.fw_metadata if context is not None else None
+
+
+def _mutated_inputs(metadata: Optional[Any]) -> set[int]:
     """Graph inputs the forward writes (batch norm's running statistics in training mode, a
     counter buffer): AOTAutograd copies the new values back after each call, so they change
     every call and are runtime inputs, not constants (frozen, every call would recompile)."""
-    context = torch._guards.TracingContext.try_get()
-    metadata = context.fw_metadata if context is not None else None
     if metadata is None:
         return set()
     return {i for i, info in enumerate(metadata.input_info) if info.mutates_data or info.mutates_metadata}
 
 
-def _effect_tokens() -> int:
-    context = torch._guards.TracingContext.try_get()
-    metadata = context.fw_metadata if context is not None else None
-    return len(metadata.tokens) if metadata is not None else 0
+def _eager_output_strides(graph_module: fx.GraphModule) -> list[Optional[tuple[int, ...]]]:
+    """The strides of dynamo's graph outputs, traced from the ops the user called."""
+    output = next(n for n in graph_module.graph.nodes if n.op == "output")
+    values = [n.meta.get("example_value") if isinstance(n, fx.Node) else None
+              for n in pytree.tree_leaves(output.args[0])]
+    return [v.stride() if isinstance(v, torch.Tensor) else None for v in values]
+
+
+def _mark_eager_output_strides(aten_graph: fx.GraphModule, eager_strides: list[Optional[tuple[int, ...]]],
+                               metadata: Optional[Any]) -> None:
+    """Some of torch's decompositions return other strides than the op they replace (baddbmm
+    takes its bias's, a transposed bias's): a user output computed fresh, used by nothing
+    else and by no other output, gets `EAGER_STRIDE`, the strides eager's op gives, which
+    its output copy (output_layout.py) then takes, as inductor keeps them."""
+    if metadata is None:
+        return
+    outputs = next(n for n in aten_graph.graph.nodes if n.op == "output").args[0]
+    first = len(metadata.tokens) + metadata.num_mutated_inp_runtime_indices
+    user_outputs = list(outputs[first:first + len(metadata.output_info)])
+    if len(user_outputs) != len(eager_strides):
+        return
+    storages = collections.Counter(StorageWeakRef(o.meta["val"].untyped_storage()) for o in outputs
+                                   if isinstance(o, fx.Node) and isinstance(o.meta.get("val"), torch.Tensor))
+    for node, info, stride in zip(user_outputs, metadata.output_info, eager_strides):
+        val = node.meta.get("val") if isinstance(node, fx.Node) else None
+        if (stride is None or not isinstance(val, torch.Tensor) or info.output_type != OutputType.non_alias
+                or len(node.users) != 1 or storages[StorageWeakRef(val.untyped_storage())] != 1):
+            continue
+        if not all(isinstance(x, int) for x in (*stride, *val.shape, *val.stride())) \
+                or tuple(val.stride()) == tuple(stride):
+            continue  # symbolic sizes: left as traced
+        if _dense(tuple(val.shape), tuple(stride)):
+            node.meta[EAGER_STRIDE] = tuple(stride)
+
+
+def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """The strides lay the elements out without gaps or overlaps, in some order of the dims."""
+    expected = 1
+    for size, step in sorted((p for p in zip(shape, stride) if p[0] != 1), key=lambda p: p[1]):
+        if step != expected:
+            return False
+        expected *= size
+    return True
 
 
 def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], frozen_inputs: Sequence[bool],
@@ -176,16 +224,19 @@ def capture(graph_module: fx.GraphModule, example_inputs: Sequence[object], froz
               *dict(graph_module.named_buffers(remove_duplicate=False)).values()]
     flat = [*lifted, *example_inputs]
     frozen_flags = [True] * len(lifted) + list(frozen_inputs)
+    eager_strides = _eager_output_strides(graph_module)
 
     def inference_compiler(aten_graph: fx.GraphModule, _fake_inputs: list) -> Callable:
         # Side-effecting ops (linalg's error checks) are threaded by effect tokens: one more
         # graph input each, ahead of the others, which AOTAutograd passes as None.
-        tokens = _effect_tokens()
+        metadata = _forward_metadata()
+        tokens = len(metadata.tokens) if metadata is not None else 0
         count = sum(1 for n in aten_graph.graph.nodes if n.op == "placeholder")
         if count != tokens + len(flat):
             raise AspenError(f"aspen: AOTAutograd produced {count} graph inputs for {len(flat)} inputs "
                              f"and {tokens} effect token(s) (input mutation or tensor subclass?)")
-        mutated = _mutated_inputs()
+        mutated = _mutated_inputs(metadata)
+        _mark_eager_output_strides(aten_graph, eager_strides, metadata)
         positions = [tokens + i for i, (t, f) in enumerate(zip(flat, frozen_flags))
                      if f and isinstance(t, torch.Tensor) and i not in mutated]
         return FrozenInputsGuard(aten_graph, positions, [flat[i - tokens] for i in positions], compile_captured, policy)

@@ -72,6 +72,17 @@ def test_side_effecting_ops_keep_their_effect_token_and_run_in_eager():
             compile_strict(model)(x)
 
 
+def test_outputs_keep_eagers_strides_where_a_decomposition_changes_them():
+    """torch's baddbmm decomposition returns its bias's strides, eager's baddbmm contiguous
+    ones; an output that is a view keeps its own."""
+    class Model(nn.Module):
+        def forward(self, bias, a, b):
+            return torch.baddbmm(bias, a, b), torch.baddbmm(bias, a, b).transpose(1, 2), bias.transpose(1, 2)
+
+    bias = torch.randn(3, 6, 5).transpose(1, 2)
+    assert_matches_eager(Model(), bias, torch.randn(3, 5, 4), torch.randn(3, 4, 6))
+
+
 def test_tensor_literals_are_frozen_constants():
     """A torch.tensor(...) literal in forward (GPT-2, LLaMA) reaches the aten graph as a
     lifted constant behind lift_fresh_copy: folded at compile time, not passed per call."""

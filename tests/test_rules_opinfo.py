@@ -1,7 +1,8 @@
-"""Every OpInfo of PyTorch's own op database (fp32 samples, their tensors as graph inputs)
-against eager: an op aspen tiles must match in strict mode; an op that may run in eager
-(MAY_RUN_IN_EAGER) must raise AspenUnsupportedError in strict mode and match through
-the fallback. ASPEN_OPINFO_SAMPLES=5 runs more samples per op (default 1: ~1 minute)."""
+"""Every OpInfo of PyTorch's own op database (fp32 samples, their tensors as graph inputs,
+contiguous and transposed) against eager: an op aspen tiles must match in strict mode; an
+op that may run in eager (MAY_RUN_IN_EAGER) must raise AspenUnsupportedError in strict mode
+and match through the fallback. ASPEN_OPINFO_SAMPLES=5 runs more samples per op (default
+1: ~2 minutes)."""
 from __future__ import annotations
 
 import os
@@ -43,13 +44,17 @@ MAY_RUN_IN_EAGER = frozenset({
     "unfold_copy", "_segment_reduce.lengths", "_segment_reduce.offsets", "grid_sampler_3d", "hash_tensor",
     "histogram", "histogramdd", "index_reduce.amax", "index_reduce.amin", "index_reduce.mean", "index_reduce.prod", "max_pool2d_with_indices_backward", "nn.functional.pdist",
     "nn.functional.linear_cross_entropy.chunked", "nn.functional.linear_cross_entropy.chunked_none",
-    "nonzero_static", "put", "repeat_interleave",
+    "nonzero_static", "put", "repeat_interleave", "view_copy",
 })
 # Ops whose values are unspecified (uninitialized memory) or random: shapes and dtypes only.
 UNSPECIFIED_VALUES = frozenset({
     "bernoulli", "empty", "empty_like", "empty_permuted", "empty_strided", "new_empty", "new_empty_strided",
     "nn.functional.dropout", "normal", "rand_like", "randint_like", "randn_like", "uniform",
 })
+
+# Ops whose meta kernel gives other strides than eager's kernel: values only (inductor
+# returns the traced strides too).
+TRACED_STRIDES_DIFFER = frozenset({"native_dropout_backward"})
 
 
 def _name(op) -> str:
@@ -85,33 +90,54 @@ class _ShapesOnly(_Sample):
                                     super().forward(*tensors))
 
 
+class _Contiguous(_Sample):
+    def forward(self, *tensors):
+        return pytree.tree_map_only(torch.Tensor, torch.Tensor.contiguous, super().forward(*tensors))
+
+
 def _unsupported(error: BaseException) -> bool:
     while error is not None and not isinstance(error, AspenUnsupportedError):
         error = error.__cause__ or getattr(error, "inner_exception", None)
     return error is not None
 
 
+def _with_last_dims_transposed(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same values with the last two dims' strides swapped (a transposed activation)."""
+    return [t.mT.contiguous().mT if t.dim() >= 2 and t.layout == torch.strided else t for t in tensors]
+
+
 @pytest.mark.parametrize("op", OPS, ids=_name)
 def test_op_matches_eager(op):
+    """Each sample with its tensors as given, and again, where one has two dims or more,
+    with their last two dims' strides swapped."""
     name = _name(op)
     may_fall_back = name in MAY_RUN_IN_EAGER or name.startswith(MAY_RUN_IN_EAGER_PREFIXES)
     samples = list(op.sample_inputs("cpu", torch.float32, requires_grad=False))[:SAMPLES]
     for sample in samples:
-        model = (_ShapesOnly if op.name in UNSPECIFIED_VALUES else _Sample)(op, sample)
-        try:
-            with torch.no_grad():
-                expected = model(*model.tensors())
-        except Exception:
-            continue  # eager rejects the sample (a CUDA-only jiterator, an invalid stride)
-        tensors = [t for t in pytree.tree_leaves((expected, model.tensors())) if isinstance(t, torch.Tensor)]
-        if any(t.layout != torch.strided for t in tensors):
-            continue  # sparse tensors: dynamo runs them in eager
-        try:
-            assert_matches_eager(model, *model.tensors(), require_tiles=False)
-        except Exception as error:
-            if not (may_fall_back and _unsupported(error)):
-                raise
-            torch._dynamo.reset()
-            with torch.no_grad():
-                torch.testing.assert_close(torch.compile(model, backend="aspen")(*model.tensors()),
-                                           model(*model.tensors()), rtol=1e-4, atol=1e-4, equal_nan=True)
+        kind = _ShapesOnly if op.name in UNSPECIFIED_VALUES else _Contiguous if name in TRACED_STRIDES_DIFFER else _Sample
+        model = kind(op, sample)
+        variants = [model.tensors()]
+        if any(t.dim() >= 2 for t in variants[0]):
+            variants.append(_with_last_dims_transposed(variants[0]))
+        for inputs in variants:
+            _check_sample(model, inputs, may_fall_back)
+
+
+def _check_sample(model: _Sample, inputs: list[torch.Tensor], may_fall_back: bool) -> None:
+    try:
+        with torch.no_grad():
+            expected = model(*[t.clone() for t in inputs])
+    except Exception:
+        return  # eager rejects the sample (a CUDA-only jiterator, an invalid stride)
+    tensors = [t for t in pytree.tree_leaves((expected, inputs)) if isinstance(t, torch.Tensor)]
+    if any(t.layout != torch.strided for t in tensors):
+        return  # sparse tensors: dynamo runs them in eager
+    try:
+        assert_matches_eager(model, *inputs, require_tiles=False)
+    except Exception as error:
+        if not (may_fall_back and _unsupported(error)):
+            raise
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(model, backend="aspen")(*inputs), model(*inputs),
+                                       rtol=1e-4, atol=1e-4, equal_nan=True)

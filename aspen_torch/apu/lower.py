@@ -46,10 +46,22 @@ PartitionInput = Union[RuntimeInput, torch.Tensor]
 Value = Union[TensorRef, torch.Tensor, tuple, Any]
 
 
+# Set by capture on a graph output whose traced strides are not eager's: eager's strides.
+EAGER_STRIDE = "aspen_eager_stride"
+
+
 def node_meta(node: fx.Node) -> torch.Tensor:
     """The fake value of a node's (first) output."""
     val = node.meta["val"]
     return val[0] if isinstance(val, (tuple, list)) else val
+
+
+def _as_eager_returns(output: fx.Node) -> torch.Tensor:
+    """An output's value with the strides eager gives it, where capture found them to differ
+    (a fresh storage: the output shares none)."""
+    meta = node_meta(output)
+    stride = output.meta.get(EAGER_STRIDE)
+    return meta if stride is None else torch.empty_strided(meta.shape, stride, dtype=meta.dtype, device="meta")
 
 
 class LoweringContext:
@@ -299,7 +311,7 @@ class LoweringContext:
                 self.values[node] = RULES.rule(node.target).lower(node, self)
 
         output_refs = [self.ref(o) for o in outs]
-        output_meta = [node_meta(o) for o in outs]
+        output_meta = [_as_eager_returns(o) for o in outs]
         return TileGraph(self.tiles, sorted(self._edges), input_refs, output_refs, output_meta, input_meta)
 
     def _evaluate(self, node: fx.Node) -> Any:
