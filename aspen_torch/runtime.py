@@ -101,7 +101,7 @@ def set_num_dses(num_dses: int) -> None:
 def set_dse_pinning(enabled: bool) -> None:
     """Pins DSE i to the i-th CPU of dse_cpu_order() (wrapping around), or lets DSEs run on
     any CPU. On by default: the OS otherwise may stack two DSEs on one core while another
-    process runs on the other (docs/performance.md, "With another process on one core")."""
+    process runs on the other (docs/performance_history.md, "With another process on one core")."""
     if not isinstance(enabled, bool):
         raise ValueError(f"aspen: set_dse_pinning takes a bool, got {enabled!r}")
     SHARED_RUNTIME.get().set_dse_cpus(dse_cpu_order() if enabled else [])
