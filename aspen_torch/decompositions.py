@@ -29,5 +29,15 @@ def _addmm_outside_its_rule(bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.
     return _TORCH_ADDMM(bias, mat1, mat2, beta=beta, alpha=alpha)
 
 
+def _addbmm(bias: torch.Tensor, batch1: torch.Tensor, batch2: torch.Tensor, *, beta: float = 1, alpha: float = 1):
+    """addbmm (torch has no decomposition): the sum over the batch of batch1[i] @ batch2[i]
+    is one product whose reduced dimension runs over batch and columns together."""
+    batch, rows, inner = batch1.shape
+    folded1 = batch1.permute(1, 0, 2).reshape(rows, batch * inner)
+    folded2 = batch2.reshape(batch * inner, batch2.shape[2])
+    return aten.addmm.default(bias, folded1, folded2, beta=beta, alpha=alpha)
+
+
 def extra_decompositions() -> dict[torch._ops.OpOverload, Callable]:
-    return {**get_decompositions(_TORCH_DECOMPOSED), aten.addmm.default: _addmm_outside_its_rule}
+    return {**get_decompositions(_TORCH_DECOMPOSED), aten.addmm.default: _addmm_outside_its_rule,
+            aten.addbmm.default: _addbmm}

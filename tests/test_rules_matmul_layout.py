@@ -251,18 +251,22 @@ def test_mm_of_two_activations():
 
 
 def test_products_outside_addmms_rule_and_copies_of_views_are_decomposed():
-    """addmm with alpha / beta or a 2-d bias (beta = 0 ignores a NaN bias), addmv, dist and
-    the functional copies of views reach the partitioner as ops aspen tiles
+    """addmm with alpha / beta or a 2-d bias (beta = 0 ignores a NaN bias), addmv, addbmm,
+    dist and the functional copies of views reach the partitioner as ops aspen tiles
     (decompositions.py); a linear layer's addmm stays addmm."""
     class Model(nn.Module):
-        def forward(self, bias, a, b, bias2, v):
+        def forward(self, bias, a, b, bias2, v, batch1, batch2):
             return (torch.addmm(bias, a, b, beta=0.5, alpha=2), torch.addmm(bias2, a, b),
                     torch.addmm(bias2 * float("nan"), a, b, beta=0), torch.addmm(bias, a * 3, b),
                     torch.addmv(bias2[:, 0], a, v, alpha=-1), torch.dist(a, a.flip(0), 3),
-                    torch.permute_copy(a * 2, (1, 0)), torch.narrow_copy(b + 1, 1, 2, 5))
+                    torch.permute_copy(a * 2, (1, 0)), torch.narrow_copy(b + 1, 1, 2, 5),
+                    torch.addbmm(bias, batch1, batch2),
+                    torch.addbmm(bias2, batch1.transpose(0, 1).contiguous().transpose(0, 1), batch2, beta=-1, alpha=0.5),
+                    torch.addbmm(bias2, batch1[:0], batch2[:0]))
 
     report = assert_matches_eager(Model(), torch.randn(23), torch.randn(37, 19), torch.randn(19, 23),
-                                  torch.randn(37, 23), torch.randn(19))
+                                  torch.randn(37, 23), torch.randn(19), torch.randn(5, 37, 11),
+                                  torch.randn(5, 11, 23))
     assert report.tiles_per_op["aten.addmm.default"] >= 1 and report.tiles_per_op["aten.mm.default"] >= 3
 
 

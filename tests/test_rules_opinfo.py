@@ -40,7 +40,7 @@ MAY_RUN_IN_EAGER = frozenset({
     "cholesky", "cholesky_inverse", "cholesky_solve", "geqrf", "logdet", "lu", "lu_solve", "lu_unpack",
     "matrix_exp", "ormqr", "pinverse", "qr", "svd", "triangular_solve", "norm.nuc",
     # ops without a rule (unfold: of a 0-d tensor; as_strided: reading outside its input)
-    "addbmm", "as_strided.partial_views", "as_strided_scatter", "diagonal_scatter", "unfold",
+    "as_strided.partial_views", "as_strided_scatter", "diagonal_scatter", "unfold",
     "unfold_copy", "_segment_reduce.lengths", "_segment_reduce.offsets", "grid_sampler_3d", "hash_tensor",
     "histogram", "histogramdd", "index_reduce.amax", "index_reduce.amin", "index_reduce.mean", "index_reduce.prod",
     "max_pool2d_with_indices_backward", "nn.functional.pdist",
