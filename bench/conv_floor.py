@@ -1,6 +1,6 @@
 """ResNet-50's convolutions in aspen's tiles against oneDNN's own one-thread rate.
 
-    python bench/conv_floor.py [--batch 32] [--calls 5] [--repeats 15]
+    python bench/conv_floor.py [--batch 32] [--calls 5] [--repeats 15] [--cold-weights]
 
 Traces aspen calls (2 DSEs, medians of --calls) and sums each convolution's DSE time, then
 times every convolution alone on one thread, one image at a time: oneDNN's kernel on the
@@ -9,6 +9,10 @@ allocated by oneDNN (no zero fill, no epilogue pass), the input hot in cache. Th
 those times over the batch, shared by the DSEs, bounds the call's span from below for these
 kernels: where aspen's convolution time sits near it, a faster call needs faster kernels,
 not another schedule. Rows group the convolutions by shape, largest difference first.
+
+--cold-weights: each call alone takes the next of enough packed copies of its weight to
+span COLD_WEIGHT_BYTES, beyond a core's L2, so the weights come from L3 as in a batch-1 call,
+which reads each weight once; the default keeps them hot, as a large batch reuses them.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from aspen_torch.apu.prepack import pack_conv_weight
 from aspen_torch.models import resnet50
 from aspen_torch.trace import trace
 
+COLD_WEIGHT_BYTES = 64 << 20  # ResNet-50 reads ~100 MiB of weights per call
+
 
 def conv_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], torch.nn.Conv2d]]:
     """(input shape of one image, module) of every convolution, in the order they run."""
@@ -37,16 +43,20 @@ def conv_shapes(model: torch.nn.Module) -> list[tuple[tuple[int, ...], torch.nn.
     return seen
 
 
-def one_thread_seconds(image_shape: tuple[int, ...], conv: torch.nn.Conv2d, repeats: int) -> tuple[float, float]:
+def one_thread_seconds(image_shape: tuple[int, ...], conv: torch.nn.Conv2d, repeats: int,
+                       cold_weights: bool = False) -> tuple[float, float]:
     """Median seconds of oneDNN's convolution of one image on one thread, and its FLOPs."""
     x = torch.randn(1, *image_shape).contiguous(memory_format=torch.channels_last)
     weight = conv.weight.detach()
     bias = torch.randn(weight.shape[0])
     args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    packed = pack_conv_weight(weight, *args, list(x.shape))
-    out = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, "none", [], None)
+    copies = max(2, -(-COLD_WEIGHT_BYTES // (weight.numel() * weight.element_size()))) if cold_weights else 1
+    packs = [pack_conv_weight(weight if c == 0 else torch.randn_like(weight), *args, list(x.shape))
+             for c in range(copies)]
+    out = torch.ops.mkldnn._convolution_pointwise(x, packs[0], bias, *args, "none", [], None)
     times = []
     for i in range(repeats + 3):
+        packed = packs[i % copies]
         start = time.perf_counter()
         torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, "none", [], None)
         if i >= 3:
@@ -93,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--calls", type=int, default=5, help="traced aspen calls (medians)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each convolution alone (medians)")
+    parser.add_argument("--cold-weights", action="store_true",
+                        help="time each convolution alone with its weights coming from L3 (see above)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
@@ -105,7 +117,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     groups: dict[str, list[float]] = {}  # shape -> [count, traced ms, alone ms, GFLOP]
     for node, (image_shape, conv) in zip(sorted(traced, key=node_order), shapes):
-        seconds, flops = one_thread_seconds(image_shape, conv, args.repeats)
+        seconds, flops = one_thread_seconds(image_shape, conv, args.repeats, args.cold_weights)
         key = (f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]} -> {conv.out_channels}, "
                f"{conv.kernel_size[0]}x{conv.kernel_size[1]} stride {conv.stride[0]}")
         row = groups.setdefault(key, [0, 0.0, 0.0, 0.0])
@@ -124,8 +136,9 @@ def main(argv=None) -> int:
                  f"{total_traced - total_alone:+.1f}"])
     print(f"ResNet-50 B{args.batch}, aspen {len(busy)} DSEs: span {span_ms:.1f} ms, busy "
           + " / ".join(f"{ms:.1f}" for ms in busy.values()) + " ms")
+    alone = "alone, 1 thread, weights from L3 ms" if args.cold_weights else "alone, 1 thread ms"
     print(tabulate(rows, headers=["input (C x H x W) -> out channels", "convs", "aspen DSE ms", "GFLOP/s",
-                                  "alone, 1 thread ms", "GFLOP/s", "aspen - alone ms"]))
+                                  alone, "GFLOP/s", "aspen - alone ms"]))
     print(f"floor of the span from the convolutions alone on {len(busy)} DSEs: {total_alone / len(busy):.1f} ms")
     return 0
 
