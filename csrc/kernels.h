@@ -28,6 +28,9 @@ bool mkl_packed_gemm_available();
 at::Tensor pack_mkl_linear_weight(const at::Tensor& weight, int64_t rows);
 // x [rows, in_features] times the weight `packed` holds, [rows, out_features].
 at::Tensor mkl_packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features);
+// A kConv2d tile of a 1x1, stride-1 convolution whose weight MKL packed: the GEMM of its
+// channels-last pixels, its bias, leading residual add and other epilogue steps.
+void run_conv_as_mkl_gemm(const TileSpec& t);
 
 // Whether the tile's epilogue starts by adding a tensor operand as it is (a residual), which
 // the conv and MKL linear kernels fuse: oneDNN adds it as a binary operand or accumulates

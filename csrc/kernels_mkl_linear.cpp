@@ -9,6 +9,7 @@
 // mkl_packed_gemm_available() then says so instead of the module failing to load.
 #include "kernels.h"
 
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -116,6 +117,62 @@ void run_mkl_linear(const TileSpec& t) {
   }
   packed_gemm(out, x, t.tensors[2], beta);
   for (size_t i = fused; i < epilogue.size(); ++i) apply_pointwise(epilogue[i], out, out, t.tensors);
+}
+
+namespace {
+
+// The [pixels, channels] matrix of a 4-d view whose channels are dense and whose pixels lie
+// evenly spaced (channels-last rows, as the APU cuts 1x1 GEMM tiles), or an undefined tensor.
+at::Tensor pixel_rows(const at::Tensor& v) {
+  if (v.dim() != 4 || (v.size(1) > 1 && v.stride(1) != 1)) return {};
+  int64_t row = -1, inner = 1;  // pixel spacing; pixels in the dims inside the current one
+  for (int d : {3, 2, 0}) {
+    if (v.size(d) == 1) continue;
+    if (row < 0) row = v.stride(d);
+    if (v.stride(d) != row * inner) return {};
+    inner *= v.size(d);
+  }
+  if (row < 0) row = v.size(1);  // a single pixel
+  if (row < v.size(1)) return {};
+  return v.as_strided({v.size(0) * v.size(2) * v.size(3), v.size(1)}, {row, 1});
+}
+
+// An input's pixel rows: the view, or those of a channels-last copy (a residual in the
+// caller's layout).
+at::Tensor input_pixel_rows(const at::Tensor& v) {
+  at::Tensor rows = pixel_rows(v);
+  return rows.defined() ? rows : pixel_rows(v.contiguous(at::MemoryFormat::ChannelsLast));
+}
+
+}  // namespace
+
+// The output's pixel rows are filled with the bias (plus a leading residual, or onto the
+// residual's own bytes where the memory plan put the output over them), then the GEMM
+// accumulates into them; the rest of the epilogue (a relu) runs over the tile after.
+void run_conv_as_mkl_gemm(const TileSpec& t) {
+  const at::Tensor& out = t.tensors[0];
+  const at::Tensor& bias = t.tensors[3];
+  at::Tensor rows = pixel_rows(out);
+  TORCH_INTERNAL_ASSERT(rows.defined(), "MKL conv GEMM: the output view is not channels-last pixel rows");
+  const bool residual = leads_with_residual_add(t);
+  float beta = 0.0f;
+  if (residual) {
+    const at::Tensor& operand = t.tensors[t.epilogue[0].operand];
+    const bool over_itself = operand.data_ptr() == out.data_ptr() && operand.strides() == out.strides();
+    if (!over_itself && bias.defined()) {
+      at::add_out(rows, input_pixel_rows(operand), bias);
+    } else if (!over_itself) {
+      rows.copy_(input_pixel_rows(operand));
+    } else if (bias.defined()) {
+      rows.add_(bias);
+    }
+    beta = 1.0f;
+  } else if (bias.defined()) {
+    rows.copy_(bias.expand_as(rows));
+    beta = 1.0f;
+  }
+  packed_gemm(rows, input_pixel_rows(t.tensors[1]), t.tensors[2], beta);
+  for (size_t i = residual ? 1 : 0; i < t.epilogue.size(); ++i) apply_pointwise(t.epilogue[i], out, out, t.tensors);
 }
 
 }  // namespace aspen

@@ -211,6 +211,10 @@ bool fused_relu_reports_lost_nan() {
 
 // A relu is fused only on a DSE's single thread: oneDNN's threads would raise their own flags.
 bool run_conv2d(const TileSpec& t, ReluFusion relu) {
+  if (t.ints.size() > 8 && t.ints[8] != 0) {
+    run_conv_as_mkl_gemm(t);  // its relu runs as an epilogue pass: no NaN is lost
+    return false;
+  }
   const bool fuse_relu = relu == ReluFusion::kFused && relu_follows(t, leads_with_residual_add(t)) &&
                          at::get_num_threads() == 1 && fused_relu_reports_lost_nan();
   return convolve(t, fuse_relu);

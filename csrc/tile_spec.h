@@ -13,7 +13,9 @@ namespace aspen {
 
 // Argument conventions per kind (tensors[0] is always the output view):
 //   kConv2d      tensors: out, input region, prepacked weight, bias (may be undefined)
-//                ints:    stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, groups
+//                ints:    stride_h, stride_w, pad_top, pad_bottom, pad_w, dil_h, dil_w, groups,
+//                         and optionally 1: a 1x1 stride-1 convolution whose weight [out, in]
+//                         is packed by MKL for the tile's pixels, run as that GEMM
 //   kMaxPool2d   tensors: out, input region
 //                ints:    k_h, k_w, stride_h, stride_w, pad_top, pad_w, dil_h, dil_w (out's size says the rest)
 //   kAvgPool2d   tensors: out, input region

@@ -91,9 +91,11 @@ def _convs_and_linears():
 
 
 def _pointwise_convs_in_pixel_ranges():
-    """One image of 8x8 = 64 pixels cut into two ranges of 32 that share one packing."""
+    """One image of 8x8 = 64 pixels cut into two ranges of 32 that share one packing (oneDNN's:
+    with MKL's linears these convolutions would run as MKL GEMMs)."""
     model = nn.Sequential(nn.Conv2d(64, 256, 1), nn.ReLU(), nn.Conv2d(256, 64, 1))
-    return model.eval(), torch.randn(1, 64, 8, 8), {"num_dses": 2, "min_tile_flops": 1e4}, {"convolution"}
+    return model.eval(), torch.randn(1, 64, 8, 8), {"num_dses": 2, "min_tile_flops": 1e4, "linear_kernel": "onednn"}, \
+        {"convolution"}
 
 
 @pytest.mark.parametrize("make", [_convs_and_linears, _pointwise_convs_in_pixel_ranges], ids=["mixed", "pixel_ranges"])

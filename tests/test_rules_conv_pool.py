@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import assert_matches_eager
 
 import aspen_torch
+from aspen_torch.apu.prepack import mkl_linear_available
 from aspen_torch.apu.rules import conv_pool
 from aspen_torch.memory_plan import plan_memory
 
@@ -216,6 +217,57 @@ def test_pointwise_conv_with_weights_outweighing_the_image_is_cut_into_channel_b
     conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
     assert len(conv) == 2 and {t.out.box[1] for t in conv} == {(0, 128), (128, 256)}
     assert all(t.out.box[2:] == ((0, 7), (0, 7)) and t.epilogue for t in conv), "whole images, add fused"
+
+
+@pytest.mark.parametrize("linear_kernel", [
+    pytest.param("mkl", marks=pytest.mark.skipif(not mkl_linear_available(), reason="no MKL packed GEMM")), "onednn"])
+@pytest.mark.parametrize("channels,size,batch,tiles_per_dse", [(64, 8, 1, 1), (256, 7, 1, 1), (64, 4, 8, 1),
+                                                               (64, 6, 2, 2)])
+def test_pointwise_conv_whose_weights_outweigh_an_image_runs_as_mkl_gemm(linear_kernel, channels, size, batch,
+                                                                        tiles_per_dse):
+    """Where MKL runs the linears, a 1x1 stride-1 conv whose weights outweigh an input image
+    runs MKL's packed GEMM over its channels-last pixels, in pixel ranges (64 channels over
+    8x8 and 6x6), output-channel blocks (256 over 7x7) and chunks of 4 images (4x4), with BN
+    folded, the residual added over the dying shortcut's own bytes and ReLU keeping a NaN;
+    with oneDNN's linears it stays oneDNN's convolution."""
+    model = ResidualPointwiseConv(channels).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(batch, channels, size, size)
+    if batch > 1:
+        x[-1, 1, 2, 3] = float("nan")  # the head's max spreads it over its image's outputs
+    options = {"num_dses": 2, "tiles_per_dse": tiles_per_dse, "min_tile_flops": 1e4, "linear_kernel": linear_kernel}
+    assert_matches_eager(model, x, options=options)
+    (graph,) = aspen_torch.explain(model, x, options={"strict": True, **options}).tile_graphs
+    conv = [t for t in graph.tiles if t.node_name == "convolution_2"]
+    assert {t.ints[8:] for t in conv} == {(1,) if linear_kernel == "mkl" else ()}
+    assert max(t.out.box[0][1] - t.out.box[0][0] for t in conv) == (4 if batch == 8 else 1)
+    assert all(t.epilogue for t in conv), "the residual add and ReLU run inside the conv tiles"
+    shortcut = conv[0].args[conv[0].epilogue[0].operand].ref.buffer
+    memory = plan_memory(graph)
+    assert memory.slot_of[conv[0].out.ref.buffer] == memory.slot_of[shortcut], "written in place"
+
+
+@pytest.mark.skipif(not mkl_linear_available(), reason="no MKL packed GEMM")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_as_mkl_gemm_reads_inputs_in_the_callers_layout(channels_last):
+    """The conv's input and the residual it adds are the caller's tensors, which keep their
+    layout: the GEMM tiles read NCHW ones through a channels-last copy."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 1)
+
+        def forward(self, x, shortcut):
+            return torch.relu(self.conv(x) + shortcut)
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x, shortcut = (torch.randn(2, 64, 4, 4).contiguous(memory_format=layout) for _ in range(2))
+    options = {"num_dses": 2, "min_tile_flops": 1e4, "linear_kernel": "mkl"}
+    report = assert_matches_eager(Model().eval(), x, shortcut, options=options)
+    (graph,) = report.tile_graphs
+    assert {t.ints[8:] for t in graph.tiles if t.op_label == "aten.convolution.default"} == {(1,)}
 
 
 @pytest.mark.parametrize("channels,stride", [(8, 1), (64, 2)])
