@@ -46,11 +46,19 @@ def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
 
 
+def pack_mkl_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` [out, in] packed for MKL's GEMM of `rows` rows: a 1x1 convolution's, whose
+    source is mostly a fresh tensor (batch norm folded in) that no plan holds, so it is not
+    kept and the packing not shared (graphs with symbolic sizes, whose plans would share
+    it, run oneDNN's convolutions)."""
+    with one_aten_thread():
+        return _C.pack_mkl_linear_weight(weight, rows)
+
+
 def pack_mkl_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """`weight` is [out_features, in_features]; MKL documents a packing for products of the
     rows it was made for only (other rows run addmm on the unpacked weight: run_mkl_linear)."""
-    with one_aten_thread():
-        packed = _C.pack_mkl_linear_weight(weight, rows)
+    packed = pack_mkl_weight(weight, rows)
     # It cannot be unpacked, so it keeps its source to be checked against (PackedWeights._shared).
     # The source is a view of the plan's own weights, which the plan's tiles read anyway.
     packed.aspen_source = weight

@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from ..lower import LoweringContext, node_meta
 from ..policy import MEMORY_BOUND_FLOPS_PER_ELEMENT, split_dims, split_range
+from ..prepack import pack_mkl_weight
 from ..registry import RULES, float32_only
 from ..tile_graph import Region, TensorRef, Tile, TileKind
 from ..window import Window, output_bands, pair
@@ -238,7 +239,7 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
         if key not in packed:
             block = weight[channels[0]:channels[1]]
             if as_gemm:
-                weight_tensor = ctx.packs.mkl_linear(block.reshape(block.shape[0], c), batch * rows * width)
+                weight_tensor = pack_mkl_weight(block.reshape(block.shape[0], c), batch * rows * width)
             else:
                 weight_tensor = ctx.packs.conv(block, [pad_h, padding[1]], stride, dilation, groups,
                                                [batch, c, rows, width])
