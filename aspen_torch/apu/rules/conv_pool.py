@@ -135,7 +135,7 @@ def _pixel_ranges(ctx: LoweringContext, flops: float, n: int, kernel, stride, pa
     for a 7x7 image; on 2 DSEs the whole call 0.4-0.9% faster, paired).
     None for other convolutions, when the batch alone gives the tiles, or when no cut into
     ranges of one width comes near the tiles wanted."""
-    if (kernel, tuple(stride), tuple(padding), groups) != ((1, 1), (1, 1), (0, 0), 1):
+    if not _is_pointwise(kernel, stride, padding, groups):
         return None
     weight_elements, in_elements, out_elements = elements  # of the weights, an input and an output image
     if weight_elements > in_elements + 2 * out_elements:
@@ -158,8 +158,14 @@ def _runs_as_mkl_gemm(ctx: LoweringContext, kernel, stride, padding, groups: int
     them hot as in B32's chunks of images, layer 4 1.10-1.24x, layer 3 0.99-1.05x, layer 1
     0.82x. Layers 3 and 4 are those whose weights outweigh the image. (The kernel choice is
     asked last: under 'auto' it is measured, once, by the first graph that needs it.)"""
-    return ((tuple(kernel), tuple(stride), tuple(padding), groups) == ((1, 1), (1, 1), (0, 0), 1)
-            and weight_elements >= image_elements and ctx.linear_kernel == "mkl")
+    return (_is_pointwise(kernel, stride, padding, groups) and weight_elements >= image_elements
+            and ctx.linear_kernel == "mkl")
+
+
+def _is_pointwise(kernel, stride, padding, groups: int) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped convolution: on channels-last activations, a GEMM
+    [pixels, in channels] x [in, out channels]."""
+    return (tuple(kernel), tuple(stride), tuple(padding), groups) == ((1, 1), (1, 1), (0, 0), 1)
 
 
 def _equal_range_count(pixels: int, wanted: int) -> Optional[int]:
@@ -244,7 +250,7 @@ def lower_convolution(node: fx.Node, ctx: LoweringContext):
                 weight_tensor = ctx.packs.conv(block, [pad_h, padding[1]], stride, dilation, groups,
                                                [batch, c, rows, width])
             ref = TensorRef.of(ctx.constant_buffer(weight_tensor, f"{node.name}_weight"))
-            packed[key] = Region(ref, tuple((0, s) for s in (weight_tensor if as_gemm else block).shape))
+            packed[key] = Region(ref, tuple((0, s) for s in weight_tensor.shape))
         bias_region = Region(bias_ref, (channels,)) if bias_ref is not None else None
         return [packed[key], bias_region]
 
